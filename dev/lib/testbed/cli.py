@@ -1,0 +1,136 @@
+"""Command line of dev/testbed: `up` and `down`, timings, the env file."""
+import argparse
+import os
+import shutil
+import sys
+import time
+
+from . import cluster as ceph_cluster
+from . import guest as guest_mod
+from . import libvirtd
+from . import testdriver
+from .procs import BedError
+from .state import State
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="dev/testbed", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start the bed and write DIR/env")
+    up.add_argument("--dir", required=True, help="bed directory (created)")
+    up.add_argument("--port-base", type=int, default=46800,
+                    help="first of 50 ports the cluster uses (default 46800)")
+    up.add_argument("--store", choices=("memstore", "bluestore"), default="memstore",
+                    help="OSD object store: memstore (fast, RAM) or bluestore "
+                         "(sparse file, survives an OSD kill)")
+    up.add_argument("--mgr", action="store_true", help="also start a ceph-mgr")
+    up.add_argument("--no-libvirtd", action="store_true",
+                    help="Ceph and the test-driver domains only")
+    up.add_argument("--no-guest", action="store_true", help="do not boot the guest")
+    up.add_argument("--keep-on-failure", action="store_true",
+                    help="leave a failed bed running for inspection")
+    down = sub.add_parser("down", help="stop what `up` started and remove DIR")
+    down.add_argument("--dir", required=True)
+    down.add_argument("--keep", action="store_true", help="keep DIR (logs)")
+    return p.parse_args(argv)
+
+
+def main(argv):
+    args = parse(argv)
+    try:
+        if args.cmd == "up":
+            return cmd_up(args)
+        return cmd_down(args.dir, args.keep)
+    except BedError as exc:
+        print(f"testbed: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def timed(label, timings, step):
+    start = time.monotonic()
+    result = step()
+    timings[label] = round(time.monotonic() - start, 2)
+    print(f"testbed: {label} ready in {timings[label]:.2f} s", file=sys.stderr)
+    return result
+
+
+def cmd_up(args):
+    root = os.path.abspath(args.dir)
+    if os.path.exists(os.path.join(root, "state.json")):
+        raise BedError(f"{root} already holds a bed: run `dev/testbed down --dir {root}`")
+    os.makedirs(root, exist_ok=True)
+    state = State(root)
+    env = {"RBDSNAPD_TEST_BED": root}
+    timings = {}
+    try:
+        cluster = ceph_cluster.Cluster(root, args.port_base, args.store)
+        timed("ceph cluster", timings, lambda: cluster.up(state))
+        if args.mgr:
+            timed("ceph mgr", timings, lambda: cluster.start_mgr(state))
+        env.update(cluster_env(cluster, args.mgr))
+        env.update(testdriver.create(root, cluster))
+        if not args.no_libvirtd:
+            timed("libvirtd", timings, lambda: libvirtd.ensure_running(state))
+            env["RBDSNAPD_TEST_LIBVIRT_URI"] = libvirtd.URI
+            if not args.no_guest:
+                env.update(timed("guest agent", timings,
+                                 lambda: guest_mod.boot(root, cluster, state)))
+    except BaseException as exc:
+        if args.keep_on_failure:
+            print(f"testbed: up failed; bed left in {root}", file=sys.stderr)
+        else:
+            print(f"testbed: up failed ({exc!r}); tearing down", file=sys.stderr)
+            cmd_down(root, keep=True)
+        raise
+    state.set("timings", timings)
+    write_env(root, env)
+    print(f"testbed: up in {root}; source {root}/env", file=sys.stderr)
+    return 0
+
+
+def cluster_env(cluster, with_mgr):
+    return {
+        "RBDSNAPD_TEST_CEPH_CONF": cluster.conf,
+        "RBDSNAPD_TEST_CEPH_ID": "admin",
+        "RBDSNAPD_TEST_FSID": cluster.fsid,
+        "RBDSNAPD_TEST_POOL_VMS": "vms",
+        "RBDSNAPD_TEST_POOL_IMAGES": "images",
+        "RBDSNAPD_TEST_MON_V1": f"127.0.0.1:{cluster.mon_v1}",
+        "RBDSNAPD_TEST_CEPH_MGR": "1" if with_mgr else "0",
+        # the ceph/rbd CLIs then use the bed's cluster, never /etc/ceph
+        "CEPH_CONF": cluster.conf,
+    }
+
+
+def write_env(root, env):
+    path = os.path.join(root, "env")
+    with open(path, "w") as f:
+        for key, value in sorted(env.items()):
+            f.write(f"export {key}='{value}'\n")
+
+
+def cmd_down(root, keep):
+    root = os.path.abspath(root)
+    if not os.path.exists(os.path.join(root, "state.json")):
+        print(f"testbed: nothing to stop in {root}", file=sys.stderr)
+        return 0
+    state = State(root)
+    errors = []
+    steps = [
+        ("guest", lambda: guest_mod.down(state.get("guest"))),
+        ("libvirtd", lambda: libvirtd.down(state.get("libvirtd"))),
+        ("ceph cluster", lambda: ceph_cluster.down(state.get("cluster"))),
+    ]
+    for name, step in steps:
+        try:
+            step()
+        except Exception as exc:  # keep going: stop everything we can
+            errors.append(f"{name}: {exc}")
+    if errors:
+        raise BedError("down incomplete: " + "; ".join(errors))
+    if keep:
+        os.rename(os.path.join(root, "state.json"), os.path.join(root, "state.json.down"))
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"testbed: down ({root})", file=sys.stderr)
+    return 0

@@ -1,0 +1,34 @@
+//! rbdsnapd: quiesced "RBD direct snapshots" of running libvirt/QEMU guests.
+//!
+//! A local agent asks the daemon, as JSON-RPC over a Unix socket, for an image
+//! snapshot of a running domain's disk. The daemon finds the disk through
+//! libvirt, freezes the guest's filesystems through the QEMU guest agent,
+//! takes a temporary RBD snapshot while (and only while) the guest is frozen,
+//! thaws it, then clones, flattens and snapshots a new image inside Ceph and
+//! answers with `rbd://<fsid>/<pool>/<image>/snap`.
+//!
+//! The layers, each a module, dependencies pointing down only:
+//!
+//! - [`protocol`]: the wire contract (requests, responses, notifications,
+//!   error codes). Nothing else.
+//! - [`server`]: the Unix socket listener, line framing, peer credentials and
+//!   dispatch to the workflow.
+//! - [`snapshot`]: the direct-snapshot saga: steps with compensations, driven
+//!   against the [`libvirt`] and [`rbd`] traits; job registry.
+//! - [`journal`] and [`recovery`]: the fsync'd intent log and what the daemon
+//!   does with it at start (thaw, roll back or finish).
+//! - [`libvirt`]: the hypervisor adapter over the `virt` crate.
+//! - [`rbd`]: the image-store adapter: librados via the `ceph` crate, librbd
+//!   via the project's own small FFI layer. The only home of `unsafe` for Ceph.
+//! - [`systemd`]: readiness, status, watchdog and socket activation.
+//! - [`config`]: the TOML file and command-line overrides, validated at start.
+
+pub mod config;
+pub mod journal;
+pub mod libvirt;
+pub mod protocol;
+pub mod rbd;
+pub mod recovery;
+pub mod server;
+pub mod snapshot;
+pub mod systemd;
