@@ -7,7 +7,7 @@ import time
 
 from . import cluster as ceph_cluster
 from . import guest as guest_mod
-from . import libvirtd
+from . import libvirtd, procs
 from . import testdriver
 from .procs import BedError
 from .state import State
@@ -32,6 +32,8 @@ def parse(argv):
     down = sub.add_parser("down", help="stop what `up` started and remove DIR")
     down.add_argument("--dir", required=True)
     down.add_argument("--keep", action="store_true", help="keep DIR (logs)")
+    left = sub.add_parser("leftovers", help="fail if a process of the bed in DIR still runs")
+    left.add_argument("--dir", required=True)
     return p.parse_args(argv)
 
 
@@ -40,6 +42,8 @@ def main(argv):
     try:
         if args.cmd == "up":
             return cmd_up(args)
+        if args.cmd == "leftovers":
+            return cmd_leftovers(args.dir)
         return cmd_down(args.dir, args.keep)
     except BedError as exc:
         print(f"testbed: error: {exc}", file=sys.stderr)
@@ -83,6 +87,8 @@ def cmd_up(args):
             cmd_down(root, keep=True)
         raise
     state.set("timings", timings)
+    with open(os.path.join(root, "timings.txt"), "w") as f:
+        f.writelines(f"testbed: {k} ready in {v:.2f} s\n" for k, v in timings.items())
     write_env(root, env)
     print(f"testbed: up in {root}; source {root}/env", file=sys.stderr)
     return 0
@@ -134,3 +140,15 @@ def cmd_down(root, keep):
         shutil.rmtree(root, ignore_errors=True)
     print(f"testbed: down ({root})", file=sys.stderr)
     return 0
+
+
+def cmd_leftovers(root):
+    """Every bed process names the bed directory on its command line (ceph
+    daemons their ceph.conf, QEMU its console log): none may survive `down`."""
+    root = os.path.abspath(root)
+    pids = procs.pids_matching(root + "/")
+    for pid in pids:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        print(f"testbed: left running: {pid} {cmd[:200]}", file=sys.stderr)
+    return 1 if pids else 0

@@ -9,6 +9,7 @@ librados client instead of a dozen `ceph` CLI calls (each costs ~0.5 s).
 import base64
 import json
 import os
+import socket
 import struct
 import time
 import uuid
@@ -129,8 +130,20 @@ class Cluster:
 
     # -- bring-up ----------------------------------------------------------
 
+    def check_ports_free(self):
+        """Fail early and clearly instead of a mon that cannot bind."""
+        for port in range(self.port_base, self.port_base + 50):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    raise BedError(f"port {port} on 127.0.0.1 is in use: pick another "
+                                   f"--port-base (the cluster uses {self.port_base}.."
+                                   f"{self.port_base + 49})")
+
     def up(self, state):
         """Create and start the cluster; record pids in state as they appear."""
+        self.check_ports_free()
         for sub in ("run", "log", "crash"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
         self.fsid = str(uuid.uuid4())

@@ -1,0 +1,223 @@
+//! The test bed as the integration tests see it.
+//!
+//! `dev/test` brings up a throwaway Ceph cluster, libvirtd and a tiny guest
+//! (dev/testbed) and exports where they are as `RBDSNAPD_TEST_*` variables.
+//! A test asks for the parts it needs; when they are missing it fails loudly
+//! under CI (or `RBDSNAPD_REQUIRE_BED=1`, which dev/test sets) and otherwise
+//! says on stderr that it skipped — never silently.
+
+#![allow(dead_code)] // each test binary uses its own subset of the helpers
+
+use std::process::{Command, Output};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where the bed's Ceph cluster is and what it holds.
+#[derive(Debug, Clone)]
+pub struct Ceph {
+    /// ceph.conf of the throwaway cluster (never /etc/ceph).
+    pub conf: String,
+    /// cephx client id (without `client.`).
+    pub id: String,
+    /// The cluster's fsid, as the bed generated it.
+    pub fsid: String,
+    /// Pool of instance disks.
+    pub pool_vms: String,
+    /// Pool of images (snapshot destinations).
+    pub pool_images: String,
+    /// msgr v1 address of the mon, as libvirt domains reference it.
+    pub mon_v1: String,
+}
+
+/// libvirt's in-process test driver loaded with the bed's domains.
+#[derive(Debug, Clone)]
+pub struct TestDriver {
+    /// `test:///abs/path/test-node.xml`.
+    pub uri: String,
+}
+
+/// The real guest booted by libvirtd from an RBD disk.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    /// URI of the libvirtd that runs it.
+    pub uri: String,
+    /// Domain name.
+    pub name: String,
+    /// `pool/image` of its RBD disk.
+    pub image: String,
+    /// Where the disk's ext4 filesystem is mounted inside the guest.
+    pub mount: String,
+}
+
+fn var(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|_| name.to_string())
+}
+
+fn bed_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("RBDSNAPD_REQUIRE_BED").is_ok_and(|v| v == "1")
+}
+
+/// Turn a missing part into a loud failure (CI) or a loud skip (elsewhere).
+fn require<T>(part: &str, found: Result<T, String>) -> Option<T> {
+    match found {
+        Ok(value) => Some(value),
+        Err(missing) if bed_required() => panic!(
+            "test bed part `{part}` is missing ({missing} is not set): run the tests through dev/test"
+        ),
+        Err(missing) => {
+            eprintln!("SKIPPED: no test bed {part} ({missing} is not set); run dev/test for the real thing");
+            None
+        }
+    }
+}
+
+/// The bed's Ceph cluster, or `None` (after saying so) outside CI.
+pub fn ceph() -> Option<Ceph> {
+    let found = (|| {
+        Ok(Ceph {
+            conf: var("RBDSNAPD_TEST_CEPH_CONF")?,
+            id: var("RBDSNAPD_TEST_CEPH_ID")?,
+            fsid: var("RBDSNAPD_TEST_FSID")?,
+            pool_vms: var("RBDSNAPD_TEST_POOL_VMS")?,
+            pool_images: var("RBDSNAPD_TEST_POOL_IMAGES")?,
+            mon_v1: var("RBDSNAPD_TEST_MON_V1")?,
+        })
+    })();
+    require("ceph cluster", found)
+}
+
+/// The test-driver URI, or `None` (after saying so) outside CI.
+pub fn test_driver() -> Option<TestDriver> {
+    require(
+        "libvirt test driver",
+        var("RBDSNAPD_TEST_TESTDRV_URI").map(|uri| TestDriver { uri }),
+    )
+}
+
+/// The real guest, or `None` (after saying so) outside CI.
+pub fn guest() -> Option<Guest> {
+    let found = (|| {
+        Ok(Guest {
+            uri: var("RBDSNAPD_TEST_LIBVIRT_URI")?,
+            name: var("RBDSNAPD_TEST_GUEST")?,
+            image: var("RBDSNAPD_TEST_GUEST_IMAGE")?,
+            mount: var("RBDSNAPD_TEST_GUEST_MOUNT")?,
+        })
+    })();
+    require("guest", found)
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+impl Ceph {
+    /// Run the `rbd` CLI against the bed's cluster; panics with its stderr
+    /// on failure so the test says what Ceph answered.
+    pub fn rbd(&self, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+        let out = self.rbd_output(args, stdin);
+        assert!(
+            out.status.success(),
+            "rbd {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Like [`Ceph::rbd`] but returns the raw output, success or not.
+    pub fn rbd_output(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = Command::new("timeout")
+            .arg("60")
+            .arg("rbd")
+            .args(["--conf", &self.conf, "--id", &self.id])
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rbd");
+        if let Some(data) = stdin {
+            let mut pipe = child.stdin.take().expect("rbd stdin");
+            pipe.write_all(data).expect("write to rbd");
+        }
+        child.wait_with_output().expect("wait for rbd")
+    }
+}
+
+impl Guest {
+    /// Connect to the libvirtd that runs the guest and look the domain up.
+    pub fn domain(&self) -> (virt::connect::Connect, virt::domain::Domain) {
+        virt::error::clear_error_callback();
+        let conn = virt::connect::Connect::open(Some(&self.uri))
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.uri));
+        let dom = conn
+            .lookup_domain_by_name(&self.name)
+            .unwrap_or_else(|e| panic!("guest {} not found: {e}", self.name));
+        (conn, dom)
+    }
+
+    /// Send one command to the guest agent and return its `return` member.
+    pub fn agent(&self, command: serde_json::Value) -> serde_json::Value {
+        let (_conn, dom) = self.domain();
+        let reply = dom
+            .qemu_agent_command(&command.to_string(), 10, 0)
+            .unwrap_or_else(|e| panic!("guest agent refused {command}: {e}"));
+        let mut reply: serde_json::Value =
+            serde_json::from_str(&reply).expect("agent reply is JSON");
+        reply
+            .get_mut("return")
+            .map(serde_json::Value::take)
+            .unwrap_or_else(|| panic!("agent reply without `return`: {reply}"))
+    }
+
+    /// Write `data` to `path` inside the guest through the agent.
+    pub fn write_file(&self, path: &str, data: &[u8]) {
+        use base64::Engine;
+        let handle = self.agent(serde_json::json!({
+            "execute": "guest-file-open", "arguments": {"path": path, "mode": "w"}}));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+        let written = self.agent(serde_json::json!({
+            "execute": "guest-file-write", "arguments": {"handle": handle, "buf-b64": b64}}));
+        assert_eq!(
+            written["count"].as_u64(),
+            Some(data.len() as u64),
+            "short write in guest"
+        );
+        self.agent(serde_json::json!({
+            "execute": "guest-file-close", "arguments": {"handle": handle}}));
+    }
+
+    /// Read the whole file at `path` inside the guest through the agent.
+    pub fn read_file(&self, path: &str) -> Vec<u8> {
+        use base64::Engine;
+        let handle = self.agent(serde_json::json!({
+            "execute": "guest-file-open", "arguments": {"path": path, "mode": "r"}}));
+        let mut data = Vec::new();
+        loop {
+            let chunk = self.agent(serde_json::json!({
+                "execute": "guest-file-read", "arguments": {"handle": handle, "count": 65536}}));
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(chunk["buf-b64"].as_str().unwrap_or_default())
+                .expect("agent returns base64");
+            data.extend_from_slice(&bytes);
+            if chunk["eof"].as_bool().unwrap_or(true) || bytes.is_empty() {
+                break;
+            }
+        }
+        self.agent(serde_json::json!({
+            "execute": "guest-file-close", "arguments": {"handle": handle}}));
+        data
+    }
+}
