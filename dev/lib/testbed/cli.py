@@ -18,8 +18,10 @@ def parse(argv):
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start the bed and write DIR/env")
     up.add_argument("--dir", required=True, help="bed directory (created)")
-    up.add_argument("--port-base", type=int, default=46800,
-                    help="first of 50 ports the cluster uses (default 46800)")
+    # below the kernel's ephemeral range (32768+), so that no outgoing
+    # connection can be holding a port the cluster wants to listen on
+    up.add_argument("--port-base", type=int, default=26800,
+                    help="first of 50 ports the cluster uses (default 26800)")
     up.add_argument("--store", choices=("memstore", "bluestore"), default="memstore",
                     help="OSD object store: memstore (fast, RAM) or bluestore "
                          "(sparse file, survives an OSD kill)")

@@ -131,9 +131,14 @@ class Cluster:
     # -- bring-up ----------------------------------------------------------
 
     def check_ports_free(self):
-        """Fail early and clearly instead of a mon that cannot bind."""
+        """Fail early and clearly instead of a mon that cannot bind.
+
+        SO_REUSEADDR as the daemons use it: only a listener is a conflict,
+        not a connection of an earlier bed lingering in TIME_WAIT.
+        """
         for port in range(self.port_base, self.port_base + 50):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     s.bind(("127.0.0.1", port))
                 except OSError:
