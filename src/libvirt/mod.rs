@@ -1,0 +1,146 @@
+//! The hypervisor adapter: the [`Hypervisor`] trait the workflow drives, and
+//! its real implementation over libvirt's C API ([`LibvirtHypervisor`], via
+//! the `virt` crate). The only place that calls libvirt.
+//!
+//! Calls block (libvirtd and the guest agent answer when they answer): the
+//! workflow runs them off the async runtime, each with a deadline. The guest
+//! agent's own response timeout is set explicitly before freezing, because
+//! libvirt's default is to wait forever.
+
+mod connection;
+mod error;
+pub mod xml;
+
+pub use connection::LibvirtHypervisor;
+pub use error::{LibvirtError, LibvirtErrorKind};
+
+use std::fmt;
+
+/// What the daemon needs to know about a domain, read from its live state
+/// and XML in one go.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DomainInfo {
+    /// Domain name.
+    pub name: String,
+    /// Domain UUID: the stable handle used for every later call.
+    pub uuid: String,
+    /// Run state.
+    pub state: DomainState,
+    /// Disks in XML order.
+    pub disks: Vec<Disk>,
+    /// The guest agent channel as the live XML shows it.
+    pub agent: AgentChannel,
+}
+
+/// A domain's run state, as far as snapshots care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainState {
+    /// Running: the only state a snapshot proceeds in.
+    Running,
+    /// Paused by the user or an I/O error.
+    Paused,
+    /// Shut off or crashed.
+    Shutoff,
+    /// Anything else (shutting down, pmsuspended, blocked, unknown).
+    Other,
+}
+
+/// A disk of the domain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Disk {
+    /// Target device in the guest, e.g. `vda`: how requests name disks.
+    pub target: String,
+    /// `disk`, `cdrom`, `floppy` or `lun`.
+    pub device: String,
+    /// The per-device `<boot order>`, if set.
+    pub boot_order: Option<u32>,
+    /// Where the data lives.
+    pub source: DiskSource,
+}
+
+/// Where a disk's data lives.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum DiskSource {
+    /// A network disk with protocol `rbd`.
+    Rbd(RbdSource),
+    /// Anything else: `file`, `block`, another network protocol, none.
+    Other {
+        /// The disk's `type` attribute, plus `/protocol` for network disks.
+        kind: String,
+        /// The file, device or name, when the XML has one.
+        path: Option<String>,
+    },
+}
+
+/// An RBD disk's source as libvirt describes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RbdSource {
+    /// Pool name.
+    pub pool: String,
+    /// RADOS namespace, if any.
+    pub namespace: Option<String>,
+    /// Image name.
+    pub image: String,
+    /// A snapshot the disk reads from (read-only disks), if any.
+    pub snapshot: Option<String>,
+    /// Mon hosts as `host:port` (port omitted when the XML has none).
+    pub hosts: Vec<String>,
+    /// cephx user the domain authenticates as, if any.
+    pub auth_user: Option<String>,
+}
+
+/// The guest agent's virtio-serial channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentChannel {
+    /// The domain has no `org.qemu.guest_agent.0` channel.
+    Missing,
+    /// libvirt sees an agent connected on the channel.
+    Connected,
+    /// The channel exists but no agent is connected.
+    Disconnected,
+    /// The channel exists; the driver does not report its state.
+    Unknown,
+}
+
+/// A mounted filesystem in the guest, as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FsInfo {
+    /// Mount point in the guest.
+    pub mountpoint: String,
+    /// Guest device name.
+    pub name: String,
+    /// Filesystem type.
+    pub fstype: String,
+    /// Target devs (`vda`…) of the disks it lives on.
+    pub disks: Vec<String>,
+}
+
+/// The agent's own view of the freeze (`guest-fsfreeze-status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FreezeStatus {
+    /// Filesystems are frozen.
+    Frozen,
+    /// Filesystems are thawed.
+    Thawed,
+}
+
+/// The hypervisor operations the snapshot workflow needs. Domains are named
+/// by UUID after the first lookup, so a rename cannot redirect a job.
+pub trait Hypervisor: Send + Sync + fmt::Debug {
+    /// Find a domain by name or UUID and read its state, disks and agent.
+    fn domain(&self, name_or_uuid: &str) -> Result<DomainInfo, LibvirtError>;
+    /// Bound every later agent call on this domain to `seconds`.
+    fn set_agent_timeout(&self, uuid: &str, seconds: i32) -> Result<(), LibvirtError>;
+    /// Mounted filesystems (ask before freezing: a frozen agent refuses).
+    fn fs_info(&self, uuid: &str) -> Result<Vec<FsInfo>, LibvirtError>;
+    /// Freeze the given mount points (all when empty); returns how many froze.
+    fn freeze(&self, uuid: &str, mountpoints: &[String]) -> Result<u32, LibvirtError>;
+    /// Thaw the given mount points (all when empty); returns how many thawed.
+    fn thaw(&self, uuid: &str, mountpoints: &[String]) -> Result<u32, LibvirtError>;
+    /// Ask the agent directly whether the guest is frozen.
+    fn freeze_status(&self, uuid: &str) -> Result<FreezeStatus, LibvirtError>;
+}

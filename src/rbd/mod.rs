@@ -1,0 +1,134 @@
+//! The image-store adapter: the [`ImageStore`] and [`Image`] traits the
+//! workflow drives, and their real implementation over Ceph — librados
+//! through the `ceph` crate, librbd through the project's own small
+//! `extern "C"` layer ([`ffi`]) with safe wrappers. Every `unsafe` for Ceph
+//! lives in this module, each with a `// SAFETY:` line.
+//!
+//! The calls block (they wait on the cluster): the workflow runs them off the
+//! async runtime, each with a deadline.
+
+mod cluster;
+mod error;
+pub mod ffi;
+mod flatten;
+mod image;
+
+pub use cluster::CephStore;
+pub use error::{RbdError, RbdErrorKind};
+
+use std::fmt;
+use std::sync::Arc;
+
+/// An RBD image: pool, optional RADOS namespace, name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ImageSpec {
+    /// Pool name.
+    pub pool: String,
+    /// RADOS namespace inside the pool; `None` or empty is the default one.
+    pub namespace: Option<String>,
+    /// Image name.
+    pub name: String,
+}
+
+impl ImageSpec {
+    /// An image in the pool's default namespace.
+    pub fn new(pool: impl Into<String>, name: impl Into<String>) -> Self {
+        ImageSpec {
+            pool: pool.into(),
+            namespace: None,
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ImageSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.namespace.as_deref().filter(|ns| !ns.is_empty()) {
+            Some(ns) => write!(f, "{}/{}/{}", self.pool, ns, self.name),
+            None => write!(f, "{}/{}", self.pool, self.name),
+        }
+    }
+}
+
+/// The snapshot an image was cloned from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ParentSpec {
+    /// The parent image.
+    pub image: ImageSpec,
+    /// The parent snapshot's name (for a clone v2 parent whose snapshot was
+    /// removed, the name it had; it then lives in the trash namespace).
+    pub snap: String,
+}
+
+/// How a clone depends on its parent snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloneFormat {
+    /// The parent snapshot must be protected first and cannot be removed
+    /// while the clone is attached.
+    V1,
+    /// No protection needed; a removed parent snapshot moves to the trash
+    /// namespace until its last clone is flattened or removed. Needs
+    /// `require_min_compat_client` mimic or later.
+    V2,
+}
+
+/// Flatten progress: called with (done, total) units; return `false` to ask
+/// the flatten to stop (it then fails with [`RbdErrorKind::Cancelled`]).
+pub type FlattenProgress<'a> = &'a mut (dyn FnMut(u64, u64) -> bool + Send);
+
+/// One open image. Opening is the slow part of most calls (it reads the
+/// header objects), so the workflow opens before freezing and keeps the
+/// handle: inside the freeze window only `create_snapshot` runs.
+pub trait Image: Send + Sync + fmt::Debug {
+    /// Which image this is.
+    fn spec(&self) -> &ImageSpec;
+    /// Snapshot names (user namespace), oldest first.
+    fn snapshots(&self) -> Result<Vec<String>, RbdError>;
+    /// The image's snapshot limit, `None` when unlimited.
+    fn snapshot_limit(&self) -> Result<Option<u64>, RbdError>;
+    /// Create a snapshot (the one call inside the freeze window).
+    fn create_snapshot(&self, snap: &str) -> Result<(), RbdError>;
+    /// Protect a snapshot (clone v1 needs it).
+    fn protect_snapshot(&self, snap: &str) -> Result<(), RbdError>;
+    /// Unprotect a snapshot; fails with `InUse` while clones depend on it.
+    fn unprotect_snapshot(&self, snap: &str) -> Result<(), RbdError>;
+    /// Whether a snapshot is protected.
+    fn is_protected(&self, snap: &str) -> Result<bool, RbdError>;
+    /// Remove a snapshot (unprotecting it first when `unprotect`).
+    fn remove_snapshot(&self, snap: &str, unprotect: bool) -> Result<(), RbdError>;
+    /// The parent snapshot this image was cloned from, if any.
+    fn parent(&self) -> Result<Option<ParentSpec>, RbdError>;
+    /// Copy the parent's data into this image and detach it from the parent.
+    fn flatten(&self, progress: FlattenProgress<'_>) -> Result<(), RbdError>;
+    /// Set an image metadata key (how rbdsnapd marks images it made).
+    fn set_metadata(&self, key: &str, value: &str) -> Result<(), RbdError>;
+    /// Read an image metadata key, `None` when absent.
+    fn metadata(&self, key: &str) -> Result<Option<String>, RbdError>;
+    /// Image size in bytes.
+    fn size(&self) -> Result<u64, RbdError>;
+}
+
+/// The cluster side: pools, image lifecycle, cluster identity.
+pub trait ImageStore: Send + Sync + fmt::Debug {
+    /// The cluster's fsid (what `rbd://` locations start with).
+    fn fsid(&self) -> Result<String, RbdError>;
+    /// Whether the pool exists.
+    fn pool_exists(&self, pool: &str) -> Result<bool, RbdError>;
+    /// Whether an image of that name exists.
+    fn image_exists(&self, image: &ImageSpec) -> Result<bool, RbdError>;
+    /// Open an image for the calls of [`Image`].
+    fn open(&self, image: &ImageSpec) -> Result<Arc<dyn Image>, RbdError>;
+    /// The newest clone format the cluster allows.
+    fn clone_format(&self) -> Result<CloneFormat, RbdError>;
+    /// Clone `parent@snap` into `child` in the given format.
+    fn clone_image(
+        &self,
+        parent: &ImageSpec,
+        snap: &str,
+        child: &ImageSpec,
+        format: CloneFormat,
+    ) -> Result<(), RbdError>;
+    /// Remove an image (it must have no snapshots left).
+    fn remove_image(&self, image: &ImageSpec) -> Result<(), RbdError>;
+}

@@ -1,0 +1,177 @@
+//! The freeze window: freeze → temporary snapshot of every disk → thaw, and
+//! nothing else. The thaw happens on every path that attempted a freeze,
+//! also when the freeze call failed or timed out (a late freeze can still
+//! land in the guest), and the guest's own freeze status is checked when the
+//! thaw call fails.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::blocking::{self, with_deadline, Late};
+use super::preflight::Plan;
+use super::saga::{Saga, Undo};
+use super::{Consistency, QuiescePolicy, Settings, SnapshotError, SnapshotErrorKind as Kind};
+use crate::libvirt::{FreezeStatus, Hypervisor};
+
+/// What the freeze window produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// Consistency reached.
+    pub consistency: Consistency,
+    /// Why not filesystem-consistent, when not.
+    pub reason: Option<String>,
+    /// Filesystems the freeze covered.
+    pub frozen: u32,
+    /// Milliseconds of the freeze call.
+    pub freeze_ms: u64,
+    /// Milliseconds of the snapshot calls.
+    pub snap_ms: u64,
+    /// Milliseconds of the thaw call(s).
+    pub thaw_ms: u64,
+    /// Milliseconds from the freeze call to the thaw's return.
+    pub window_ms: u64,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+/// Take the temporary snapshot `snap` of every planned disk, frozen when the
+/// plan says so. Records each snapshot's undo in `saga` before creating it.
+pub async fn capture(
+    hv: &Arc<dyn Hypervisor>,
+    plan: &Plan,
+    settings: &Settings,
+    policy: QuiescePolicy,
+    snap: &str,
+    saga: &mut Saga,
+) -> Result<Captured, SnapshotError> {
+    let uuid = plan.domain.uuid.as_str();
+    let window = Instant::now();
+    let mut reason = plan.freeze.as_ref().err().cloned();
+    let mut frozen = 0;
+    let attempt_freeze = plan.freeze.is_ok();
+    if attempt_freeze {
+        match freeze(hv, uuid, settings.freeze_deadline).await {
+            Ok(0) => reason = Some("the guest agent froze no filesystem".to_string()),
+            Ok(n) => frozen = n,
+            Err(err) => {
+                // a failed or late freeze may still have frozen something
+                let thawed = thaw(hv, uuid, settings).await;
+                if policy == QuiescePolicy::Required {
+                    return Err(with_thaw_outcome(err, thawed));
+                }
+                thawed?;
+                reason = Some(format!("freeze failed: {}", err.message));
+            }
+        }
+    }
+    let freeze_ms = ms(window.elapsed());
+    let snap_started = Instant::now();
+    // frozen: the snapshots must fit in what is left of the freeze deadline
+    let snap_deadline = if frozen > 0 {
+        settings.freeze_deadline.saturating_sub(window.elapsed())
+    } else {
+        settings.call_deadline
+    };
+    let snapped = snapshot_all(plan, snap, snap_deadline, saga).await;
+    let snap_ms = ms(snap_started.elapsed());
+    let thaw_started = Instant::now();
+    if attempt_freeze {
+        let thawed = thaw(hv, uuid, settings).await;
+        if let Err(err) = snapped {
+            return Err(with_thaw_outcome(err, thawed));
+        }
+        thawed?;
+    } else {
+        snapped?;
+    }
+    Ok(Captured {
+        consistency: if frozen > 0 { Consistency::Filesystem } else { Consistency::Crash },
+        reason: if frozen > 0 { None } else { reason },
+        frozen,
+        freeze_ms,
+        snap_ms,
+        thaw_ms: ms(thaw_started.elapsed()),
+        window_ms: ms(window.elapsed()),
+    })
+}
+
+async fn freeze(hv: &Arc<dyn Hypervisor>, uuid: &str, deadline: Duration) -> Result<u32, SnapshotError> {
+    let (hv, id) = (Arc::clone(hv), uuid.to_string());
+    match with_deadline(deadline, move || hv.freeze(&id, &[])).await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => {
+            let mut err = SnapshotError::libvirt(&e);
+            if err.kind != Kind::FreezeTimeout && err.kind != Kind::LibvirtUnavailable {
+                err.kind = if err.kind == Kind::AgentUnavailable { Kind::AgentUnavailable } else { Kind::FreezeFailed };
+            }
+            Err(err)
+        }
+        Err(_) => Err(SnapshotError::new(
+            Kind::FreezeTimeout,
+            format!("the guest did not freeze within {} ms", deadline.as_millis()),
+        )),
+    }
+}
+
+/// Snapshot every disk; stop at the first failure (the saga undoes the rest).
+async fn snapshot_all(plan: &Plan, snap: &str, deadline: Duration, saga: &mut Saga) -> Result<(), SnapshotError> {
+    let started = Instant::now();
+    for disk in &plan.disks {
+        saga.record(Undo::TempSnapshot { image: Arc::clone(&disk.source), snap: snap.to_string(), pending: None });
+        let (image, name) = (Arc::clone(&disk.source), snap.to_string());
+        let left = deadline.saturating_sub(started.elapsed());
+        match with_deadline(left, move || image.create_snapshot(&name)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(SnapshotError::rbd(&e)),
+            Err(Late::TimedOut(handle)) => {
+                saga.set_pending(handle);
+                return Err(SnapshotError::new(
+                    Kind::FreezeTimeout,
+                    format!(
+                        "snapshot of {} did not finish within the freeze deadline ({} ms)",
+                        disk.source.spec(),
+                        deadline.as_millis()
+                    ),
+                ));
+            }
+            Err(Late::Panicked(msg)) => return Err(SnapshotError::new(Kind::Ceph, msg)),
+        }
+    }
+    Ok(())
+}
+
+/// Thaw, retrying; when the thaw call keeps failing, believe the agent's own
+/// freeze status. An error here means the guest may still be frozen.
+pub async fn thaw(hv: &Arc<dyn Hypervisor>, uuid: &str, settings: &Settings) -> Result<(), SnapshotError> {
+    let deadline = settings.agent_timeout + Duration::from_secs(1);
+    let mut last = String::new();
+    for _ in 0..3 {
+        let (hv, id) = (Arc::clone(hv), uuid.to_string());
+        match blocking::hv("thaw", deadline, move || hv.thaw(&id, &[])).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.message,
+        }
+    }
+    let (hv2, id) = (Arc::clone(hv), uuid.to_string());
+    match blocking::hv("freeze status", deadline, move || hv2.freeze_status(&id)).await {
+        Ok(FreezeStatus::Thawed) => Ok(()),
+        Ok(FreezeStatus::Frozen) => Err(SnapshotError::new(
+            Kind::ThawFailed,
+            format!("the guest is still frozen: thaw failed three times ({last})"),
+        )),
+        Err(e) => Err(SnapshotError::new(
+            Kind::ThawFailed,
+            format!("thaw failed three times ({last}) and the freeze status is unknown ({})", e.message),
+        )),
+    }
+}
+
+/// The cause stays the error; a failed thaw is the more urgent news.
+fn with_thaw_outcome(cause: SnapshotError, thawed: Result<(), SnapshotError>) -> SnapshotError {
+    match thawed {
+        Ok(()) => cause,
+        Err(thaw_err) => SnapshotError::new(Kind::ThawFailed, format!("{}; after: {}", thaw_err.message, cause.message)),
+    }
+}

@@ -1,0 +1,246 @@
+//! Everything checked before the guest is touched: a request that cannot
+//! succeed fails here, with nothing frozen and nothing created. It also opens
+//! the source images, so that the freeze window holds nothing but the
+//! snapshot calls.
+
+use std::sync::Arc;
+
+use super::blocking;
+use super::{QuiescePolicy, Settings, SnapshotError, SnapshotErrorKind as Kind, SnapshotRequest};
+use crate::libvirt::{AgentChannel, Disk, DiskSource, DomainInfo, DomainState, FsInfo, Hypervisor};
+use crate::rbd::{CloneFormat, Image, ImageSpec, ImageStore};
+
+/// One disk to snapshot, resolved.
+#[derive(Debug)]
+pub struct PlannedDisk {
+    /// Target dev in the guest.
+    pub target: String,
+    /// The open source image.
+    pub source: Arc<dyn Image>,
+    /// Where the new image goes.
+    pub dest: ImageSpec,
+}
+
+/// A request checked against the domain and the cluster.
+#[derive(Debug)]
+pub struct Plan {
+    /// The domain, as read before anything else.
+    pub domain: DomainInfo,
+    /// Cluster fsid.
+    pub fsid: String,
+    /// Disks in request order.
+    pub disks: Vec<PlannedDisk>,
+    /// Clone format the cluster allows.
+    pub clone_format: CloneFormat,
+    /// Whether to freeze; when not, why the result is crash-consistent.
+    pub freeze: Result<Vec<FsInfo>, String>,
+}
+
+/// Check the request and resolve it into a plan.
+pub async fn plan(
+    hv: &Arc<dyn Hypervisor>,
+    store: &Arc<dyn ImageStore>,
+    settings: &Settings,
+    req: &SnapshotRequest,
+) -> Result<Plan, SnapshotError> {
+    check_image_name(&req.image)?;
+    let deadline = settings.call_deadline;
+    let domain = {
+        let (hv, name) = (Arc::clone(hv), req.domain.clone());
+        blocking::hv("domain lookup", deadline, move || hv.domain(&name)).await?
+    };
+    if domain.state != DomainState::Running {
+        return Err(SnapshotError::new(
+            Kind::DomainNotRunning,
+            format!("domain {} is {:?}, not running", domain.name, domain.state).to_lowercase(),
+        ));
+    }
+    let selected = select_disks(&domain, &req.disks)?;
+    let (fsid, clone_format) = {
+        let store = Arc::clone(store);
+        blocking::store("cluster info", deadline, move || Ok((store.fsid()?, store.clone_format()?))).await?
+    };
+    let mut disks = Vec::with_capacity(selected.len());
+    for (disk, source) in &selected {
+        let dest_name = if selected.len() == 1 {
+            req.image.clone()
+        } else {
+            format!("{}-{}", req.image, disk.target)
+        };
+        disks.push(plan_disk(store, settings, req, &disk.target, source.clone(), dest_name).await?);
+    }
+    let freeze = quiesce_plan(hv, settings, req.quiesce, &domain).await?;
+    Ok(Plan { domain, fsid, disks, clone_format, freeze })
+}
+
+fn check_image_name(name: &str) -> Result<(), SnapshotError> {
+    let bad = name.is_empty()
+        || name.len() > 250
+        || name.chars().any(|c| c == '/' || c == '@' || c.is_control());
+    if bad {
+        return Err(SnapshotError::new(
+            Kind::InvalidParams,
+            format!("image name {name:?} must be 1-250 characters without '/', '@' or control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// The requested disks (default: the boot disk), each with its RBD source.
+fn select_disks<'d>(domain: &'d DomainInfo, wanted: &[String]) -> Result<Vec<(&'d Disk, ImageSpec)>, SnapshotError> {
+    let chosen: Vec<&Disk> = if wanted.is_empty() {
+        vec![boot_disk(domain).ok_or_else(|| {
+            SnapshotError::new(Kind::DiskNotFound, format!("domain {} has no disk", domain.name))
+        })?]
+    } else {
+        let mut chosen = Vec::new();
+        for (i, target) in wanted.iter().enumerate() {
+            if wanted[..i].contains(target) {
+                return Err(SnapshotError::new(Kind::InvalidParams, format!("disk {target} requested twice")));
+            }
+            let disk = domain.disks.iter().find(|d| &d.target == target).ok_or_else(|| {
+                let have: Vec<&str> = domain.disks.iter().map(|d| d.target.as_str()).collect();
+                SnapshotError::new(
+                    Kind::DiskNotFound,
+                    format!("domain {} has no disk {target} (it has: {})", domain.name, have.join(", ")),
+                )
+            })?;
+            chosen.push(disk);
+        }
+        chosen
+    };
+    chosen.into_iter().map(|disk| Ok((disk, rbd_spec(domain, disk)?))).collect()
+}
+
+/// Lowest `<boot order>`, else the first hard disk, else the first disk.
+pub fn boot_disk(domain: &DomainInfo) -> Option<&Disk> {
+    domain
+        .disks
+        .iter()
+        .filter(|d| d.boot_order.is_some())
+        .min_by_key(|d| d.boot_order)
+        .or_else(|| domain.disks.iter().find(|d| d.device == "disk"))
+        .or_else(|| domain.disks.first())
+}
+
+fn rbd_spec(domain: &DomainInfo, disk: &Disk) -> Result<ImageSpec, SnapshotError> {
+    match &disk.source {
+        DiskSource::Rbd(rbd) if rbd.snapshot.is_none() => Ok(ImageSpec {
+            pool: rbd.pool.clone(),
+            namespace: rbd.namespace.clone(),
+            name: rbd.image.clone(),
+        }),
+        DiskSource::Rbd(rbd) => Err(SnapshotError::new(
+            Kind::DiskNotRbd,
+            format!(
+                "disk {} of {} reads from snapshot {}/{}@{}: only a writable RBD image can be snapshotted",
+                disk.target,
+                domain.name,
+                rbd.pool,
+                rbd.image,
+                rbd.snapshot.as_deref().unwrap_or_default()
+            ),
+        )),
+        DiskSource::Other { kind, path } => Err(SnapshotError::new(
+            Kind::DiskNotRbd,
+            format!(
+                "disk {} of {} is {kind}{}, not an RBD image",
+                disk.target,
+                domain.name,
+                path.as_ref().map(|p| format!(" ({p})")).unwrap_or_default()
+            ),
+        )),
+    }
+}
+
+async fn plan_disk(
+    store: &Arc<dyn ImageStore>,
+    settings: &Settings,
+    req: &SnapshotRequest,
+    target: &str,
+    source: ImageSpec,
+    dest_name: String,
+) -> Result<PlannedDisk, SnapshotError> {
+    let store = Arc::clone(store);
+    let (requested, default) = (req.pool.clone(), settings.default_pool.clone());
+    let target_owned = target.to_string();
+    let probe_name = dest_name.clone();
+    blocking::store("pre-flight", settings.call_deadline, move || {
+        let image = store.open(&source)?;
+        // Nova's rule: the pool of the image the disk was cloned from
+        let pool = match requested {
+            Some(pool) => Some(pool),
+            None => image.parent()?.map(|p| p.image.pool).or(default),
+        };
+        let snapshots = image.snapshots()?.len() as u64;
+        let limit = image.snapshot_limit()?;
+        let exists = match &pool {
+            Some(pool) if store.pool_exists(pool)? => {
+                Some(store.image_exists(&ImageSpec::new(pool.clone(), probe_name))?)
+            }
+            _ => None,
+        };
+        Ok((image, pool, snapshots, limit, exists))
+    })
+    .await
+    .and_then(|(image, pool, snapshots, limit, exists)| {
+        let pool = pool.ok_or_else(|| {
+            SnapshotError::new(
+                Kind::NoDestinationPool,
+                format!("no destination pool for disk {target_owned}: the request names none, {} has no parent, and no default pool is configured", image.spec()),
+            )
+        })?;
+        match exists {
+            None => Err(SnapshotError::new(Kind::PoolNotFound, format!("destination pool {pool} does not exist"))),
+            Some(true) => Err(SnapshotError::new(Kind::ImageExists, format!("image {pool}/{dest_name} already exists"))),
+            Some(false) if limit.is_some_and(|l| snapshots >= l) => Err(SnapshotError::new(
+                Kind::SnapshotLimit,
+                format!("{} has {snapshots} snapshots, its limit", image.spec()),
+            )),
+            Some(false) => Ok(PlannedDisk { target: target_owned, source: image, dest: ImageSpec::new(pool, dest_name) }),
+        }
+    })
+}
+
+/// Decide whether to freeze: `Ok(filesystems)` to freeze, `Err(reason)` for
+/// a crash-consistent snapshot. With `required`, a reason is an error.
+async fn quiesce_plan(
+    hv: &Arc<dyn Hypervisor>,
+    settings: &Settings,
+    policy: QuiescePolicy,
+    domain: &DomainInfo,
+) -> Result<Result<Vec<FsInfo>, String>, SnapshotError> {
+    if policy == QuiescePolicy::Off {
+        return Ok(Err("quiesce off".to_string()));
+    }
+    let probed = match domain.agent {
+        AgentChannel::Missing => Err("the domain has no guest agent channel".to_string()),
+        AgentChannel::Disconnected => Err("the guest agent is not connected".to_string()),
+        AgentChannel::Connected | AgentChannel::Unknown => probe_agent(hv, settings, &domain.uuid).await,
+    };
+    match (probed, policy) {
+        (Err(reason), QuiescePolicy::Required) => Err(SnapshotError::new(
+            Kind::AgentUnavailable,
+            format!("quiesce required but {reason} (domain {})", domain.name),
+        )),
+        (probed, _) => Ok(probed),
+    }
+}
+
+/// Bound the agent's response time, then ask for the filesystems: proves the
+/// agent answers, and must happen before the freeze (a frozen agent refuses).
+async fn probe_agent(hv: &Arc<dyn Hypervisor>, settings: &Settings, uuid: &str) -> Result<Vec<FsInfo>, String> {
+    let seconds = settings.agent_timeout.min(settings.freeze_deadline).as_secs().max(1) as i32;
+    let (hv, uuid) = (Arc::clone(hv), uuid.to_string());
+    let deadline = settings.agent_timeout + settings.call_deadline;
+    let fs = blocking::hv("guest agent", deadline, move || {
+        hv.set_agent_timeout(&uuid, seconds)?;
+        hv.fs_info(&uuid)
+    })
+    .await
+    .map_err(|e| format!("the guest agent does not answer: {e}"))?;
+    if fs.is_empty() {
+        return Err("the guest agent reports no mounted filesystem".to_string());
+    }
+    Ok(fs)
+}

@@ -1,0 +1,184 @@
+//! The workflow's inputs and outputs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rbd::CloneFormat;
+
+/// Whether to freeze the guest's filesystems around the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuiescePolicy {
+    /// Fail (before any snapshot is taken) when the guest cannot be frozen.
+    Required,
+    /// Freeze when possible; otherwise take a crash-consistent snapshot and
+    /// say why.
+    #[default]
+    Preferred,
+    /// Never freeze: crash-consistent.
+    Off,
+}
+
+/// What to do about the clone's dependency on the source snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlattenMode {
+    /// Copy the parent's data into the new image before answering (Nova).
+    #[default]
+    Sync,
+    /// Leave the new image a clone of the source: fast, but the source image
+    /// keeps a (trashed, for clone v2) snapshot while the new image lives.
+    None,
+}
+
+/// One snapshot request, already validated at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    /// Domain name or UUID.
+    pub domain: String,
+    /// Name of the new image (e.g. a Glance image UUID). With several disks,
+    /// each gets `<image>-<target>`.
+    pub image: String,
+    /// Destination pool; `None` applies Nova's rule, then the default.
+    pub pool: Option<String>,
+    /// Target devs to snapshot; empty means the boot disk.
+    pub disks: Vec<String>,
+    /// Freeze policy.
+    pub quiesce: QuiescePolicy,
+    /// Flatten mode.
+    pub flatten: FlattenMode,
+}
+
+/// Daemon-wide settings the workflow obeys.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Destination pool when the request names none and the disk has no parent.
+    pub default_pool: Option<String>,
+    /// Longest the guest may stay frozen: freeze + snapshots must fit in it.
+    pub freeze_deadline: Duration,
+    /// The guest agent's response timeout (libvirt's default is forever).
+    pub agent_timeout: Duration,
+    /// Deadline of every other hypervisor or image-store call.
+    pub call_deadline: Duration,
+    /// Deadline of a whole flatten.
+    pub flatten_deadline: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_pool: None,
+            freeze_deadline: Duration::from_secs(5),
+            agent_timeout: Duration::from_secs(5),
+            call_deadline: Duration::from_secs(30),
+            flatten_deadline: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How consistent the snapshot is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Taken while the guest's filesystems were frozen.
+    Filesystem,
+    /// Taken without a freeze: what a power cut would leave.
+    Crash,
+}
+
+/// Workflow phases, as progress reports name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Checking before touching the guest.
+    Preflight,
+    /// Guest frozen, temporary snapshots being taken.
+    Freeze,
+    /// Cloning the temporary snapshots.
+    Clone,
+    /// Copying parent data into the new images.
+    Flatten,
+    /// Final snapshot and clean-up.
+    Finish,
+    /// Undoing after a failure.
+    Rollback,
+}
+
+/// A progress report: phase, and bytes (or units) done of total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    /// Current phase.
+    pub phase: Phase,
+    /// Units done in this phase.
+    pub done: u64,
+    /// Units in this phase (0 when unknown).
+    pub total: u64,
+}
+
+/// Where progress reports go.
+pub type ProgressSink = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// Wall-clock times of the steps, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Timings {
+    /// The freeze call.
+    pub freeze_ms: u64,
+    /// The temporary snapshots, all disks.
+    pub snap_ms: u64,
+    /// The thaw call.
+    pub thaw_ms: u64,
+    /// Guest frozen → thawed, as measured around freeze, snapshots and thaw.
+    pub freeze_window_ms: u64,
+    /// The clones.
+    pub clone_ms: u64,
+    /// The flattens.
+    pub flatten_ms: u64,
+    /// Request → result.
+    pub total_ms: u64,
+}
+
+/// One disk's new image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiskResult {
+    /// The disk's target dev.
+    pub disk: String,
+    /// The source image, `pool[/namespace]/image`.
+    pub source: String,
+    /// Destination pool.
+    pub pool: String,
+    /// New image name.
+    pub image: String,
+    /// The snapshot on the new image (`snap`).
+    pub snapshot: String,
+    /// `rbd://<fsid>/<pool>/<image>/snap`.
+    pub location: String,
+    /// Whether the new image still depends on the source (flatten `none`).
+    pub parent: Option<String>,
+}
+
+/// The outcome of a snapshot job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotResult {
+    /// The job's id (in temporary snapshot names and image metadata).
+    pub job_id: String,
+    /// Domain name.
+    pub domain: String,
+    /// Domain UUID.
+    pub domain_uuid: String,
+    /// Cluster fsid.
+    pub fsid: String,
+    /// One entry per disk, in request order.
+    pub disks: Vec<DiskResult>,
+    /// Consistency reached.
+    pub consistency: Consistency,
+    /// Why the snapshot is not filesystem-consistent, when it is not.
+    pub consistency_reason: Option<String>,
+    /// Filesystems the freeze covered.
+    pub frozen_filesystems: u32,
+    /// Clone format used.
+    pub clone_format: CloneFormat,
+    /// Step times.
+    pub timings: Timings,
+}
