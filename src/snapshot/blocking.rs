@@ -40,8 +40,13 @@ where
     F: FnOnce() -> Result<T, LibvirtError> + Send + 'static,
     T: Send + 'static,
 {
-    flatten_late(what, deadline, with_deadline(deadline, call).await, SnapshotErrorKind::LibvirtUnavailable)?
-        .map_err(|e| SnapshotError::libvirt(&e))
+    flatten_late(
+        what,
+        deadline,
+        with_deadline(deadline, call).await,
+        SnapshotErrorKind::LibvirtUnavailable,
+    )?
+    .map_err(|e| SnapshotError::libvirt(&e))
 }
 
 /// An image-store call with a deadline, errors mapped for the workflow.
@@ -50,8 +55,13 @@ where
     F: FnOnce() -> Result<T, RbdError> + Send + 'static,
     T: Send + 'static,
 {
-    flatten_late(what, deadline, with_deadline(deadline, call).await, SnapshotErrorKind::CephUnavailable)?
-        .map_err(|e| SnapshotError::rbd(&e))
+    flatten_late(
+        what,
+        deadline,
+        with_deadline(deadline, call).await,
+        SnapshotErrorKind::CephUnavailable,
+    )?
+    .map_err(|e| SnapshotError::rbd(&e))
 }
 
 fn flatten_late<T>(
@@ -65,8 +75,9 @@ fn flatten_late<T>(
             timeout_kind,
             format!("{what} did not answer within {} ms", deadline.as_millis()),
         ),
-        Late::Panicked(msg) => {
-            SnapshotError::new(SnapshotErrorKind::Libvirt, format!("{what} panicked: {msg}"))
-        }
+        Late::Panicked(msg) => SnapshotError::new(
+            SnapshotErrorKind::Libvirt,
+            format!("{what} panicked: {msg}"),
+        ),
     })
 }

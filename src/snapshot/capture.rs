@@ -87,7 +87,11 @@ pub async fn capture(
         snapped?;
     }
     Ok(Captured {
-        consistency: if frozen > 0 { Consistency::Filesystem } else { Consistency::Crash },
+        consistency: if frozen > 0 {
+            Consistency::Filesystem
+        } else {
+            Consistency::Crash
+        },
         reason: if frozen > 0 { None } else { reason },
         frozen,
         freeze_ms,
@@ -97,29 +101,49 @@ pub async fn capture(
     })
 }
 
-async fn freeze(hv: &Arc<dyn Hypervisor>, uuid: &str, deadline: Duration) -> Result<u32, SnapshotError> {
+async fn freeze(
+    hv: &Arc<dyn Hypervisor>,
+    uuid: &str,
+    deadline: Duration,
+) -> Result<u32, SnapshotError> {
     let (hv, id) = (Arc::clone(hv), uuid.to_string());
     match with_deadline(deadline, move || hv.freeze(&id, &[])).await {
         Ok(Ok(n)) => Ok(n),
         Ok(Err(e)) => {
             let mut err = SnapshotError::libvirt(&e);
             if err.kind != Kind::FreezeTimeout && err.kind != Kind::LibvirtUnavailable {
-                err.kind = if err.kind == Kind::AgentUnavailable { Kind::AgentUnavailable } else { Kind::FreezeFailed };
+                err.kind = if err.kind == Kind::AgentUnavailable {
+                    Kind::AgentUnavailable
+                } else {
+                    Kind::FreezeFailed
+                };
             }
             Err(err)
         }
         Err(_) => Err(SnapshotError::new(
             Kind::FreezeTimeout,
-            format!("the guest did not freeze within {} ms", deadline.as_millis()),
+            format!(
+                "the guest did not freeze within {} ms",
+                deadline.as_millis()
+            ),
         )),
     }
 }
 
 /// Snapshot every disk; stop at the first failure (the saga undoes the rest).
-async fn snapshot_all(plan: &Plan, snap: &str, deadline: Duration, saga: &mut Saga) -> Result<(), SnapshotError> {
+async fn snapshot_all(
+    plan: &Plan,
+    snap: &str,
+    deadline: Duration,
+    saga: &mut Saga,
+) -> Result<(), SnapshotError> {
     let started = Instant::now();
     for disk in &plan.disks {
-        saga.record(Undo::TempSnapshot { image: Arc::clone(&disk.source), snap: snap.to_string(), pending: None });
+        saga.record(Undo::TempSnapshot {
+            image: Arc::clone(&disk.source),
+            snap: snap.to_string(),
+            pending: None,
+        });
         let (image, name) = (Arc::clone(&disk.source), snap.to_string());
         let left = deadline.saturating_sub(started.elapsed());
         match with_deadline(left, move || image.create_snapshot(&name)).await {
@@ -144,7 +168,11 @@ async fn snapshot_all(plan: &Plan, snap: &str, deadline: Duration, saga: &mut Sa
 
 /// Thaw, retrying; when the thaw call keeps failing, believe the agent's own
 /// freeze status. An error here means the guest may still be frozen.
-pub async fn thaw(hv: &Arc<dyn Hypervisor>, uuid: &str, settings: &Settings) -> Result<(), SnapshotError> {
+pub async fn thaw(
+    hv: &Arc<dyn Hypervisor>,
+    uuid: &str,
+    settings: &Settings,
+) -> Result<(), SnapshotError> {
     let deadline = settings.agent_timeout + Duration::from_secs(1);
     let mut last = String::new();
     for _ in 0..3 {
@@ -163,7 +191,10 @@ pub async fn thaw(hv: &Arc<dyn Hypervisor>, uuid: &str, settings: &Settings) -> 
         )),
         Err(e) => Err(SnapshotError::new(
             Kind::ThawFailed,
-            format!("thaw failed three times ({last}) and the freeze status is unknown ({})", e.message),
+            format!(
+                "thaw failed three times ({last}) and the freeze status is unknown ({})",
+                e.message
+            ),
         )),
     }
 }
@@ -172,6 +203,9 @@ pub async fn thaw(hv: &Arc<dyn Hypervisor>, uuid: &str, settings: &Settings) -> 
 fn with_thaw_outcome(cause: SnapshotError, thawed: Result<(), SnapshotError>) -> SnapshotError {
     match thawed {
         Ok(()) => cause,
-        Err(thaw_err) => SnapshotError::new(Kind::ThawFailed, format!("{}; after: {}", thaw_err.message, cause.message)),
+        Err(thaw_err) => SnapshotError::new(
+            Kind::ThawFailed,
+            format!("{}; after: {}", thaw_err.message, cause.message),
+        ),
     }
 }

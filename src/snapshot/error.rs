@@ -63,7 +63,11 @@ pub struct SnapshotError {
 impl SnapshotError {
     /// A new error of `kind`.
     pub fn new(kind: SnapshotErrorKind, message: impl Into<String>) -> Self {
-        SnapshotError { kind, message: message.into(), rollback_failures: Vec::new() }
+        SnapshotError {
+            kind,
+            message: message.into(),
+            rollback_failures: Vec::new(),
+        }
     }
 
     /// A hypervisor failure, mapped to the kind a caller can act on.
@@ -98,7 +102,11 @@ impl fmt::Display for SnapshotError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
         if !self.rollback_failures.is_empty() {
-            write!(f, "; rollback incomplete: {}", self.rollback_failures.join("; "))?;
+            write!(
+                f,
+                "; rollback incomplete: {}",
+                self.rollback_failures.join("; ")
+            )?;
         }
         Ok(())
     }

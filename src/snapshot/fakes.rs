@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::libvirt::{
-    AgentChannel, Disk, DiskSource, DomainInfo, DomainState, FreezeStatus, FsInfo, Hypervisor, LibvirtError,
-    LibvirtErrorKind, RbdSource,
+    AgentChannel, Disk, DiskSource, DomainInfo, DomainState, FreezeStatus, FsInfo, Hypervisor,
+    LibvirtError, LibvirtErrorKind, RbdSource,
 };
 use crate::rbd::{
     CloneFormat, FlattenProgress, Image, ImageSpec, ImageStore, ParentSpec, RbdError, RbdErrorKind,
@@ -96,26 +96,51 @@ impl Fake {
                         target: "vdc".into(),
                         device: "disk".into(),
                         boot_order: None,
-                        source: DiskSource::Other { kind: "file".into(), path: Some("/x.img".into()) },
+                        source: DiskSource::Other {
+                            kind: "file".into(),
+                            path: Some("/x.img".into()),
+                        },
                     },
                 ],
                 agent: AgentChannel::Connected,
             });
-            let base = FakeImage { snapshots: vec![("snap".into(), true)], ..Default::default() };
+            let base = FakeImage {
+                snapshots: vec![("snap".into(), true)],
+                ..Default::default()
+            };
             w.images.insert("images/base".into(), base);
-            let parent = ParentSpec { image: ImageSpec::new("images", "base"), snap: "snap".into() };
-            w.images.insert("vms/vm-disk".into(), FakeImage { parent: Some(parent), ..Default::default() });
+            let parent = ParentSpec {
+                image: ImageSpec::new("images", "base"),
+                snap: "snap".into(),
+            };
+            w.images.insert(
+                "vms/vm-disk".into(),
+                FakeImage {
+                    parent: Some(parent),
+                    ..Default::default()
+                },
+            );
             w.images.insert("vms/vm-data".into(), FakeImage::default());
         }
         Arc::new(fake)
     }
 
     pub fn inject(&self, point: &'static str, fault: Fault, times: u32) {
-        self.world.lock().expect("world").faults.insert(point, (fault, times));
+        self.world
+            .lock()
+            .expect("world")
+            .faults
+            .insert(point, (fault, times));
     }
 
     pub fn frozen(&self) -> bool {
-        self.world.lock().expect("world").frozen.get(UUID).copied().unwrap_or(false)
+        self.world
+            .lock()
+            .expect("world")
+            .frozen
+            .get(UUID)
+            .copied()
+            .unwrap_or(false)
     }
 
     pub fn image(&self, key: &str) -> Option<FakeImage> {
@@ -131,7 +156,11 @@ impl Fake {
         let fault = {
             let mut w = self.world.lock().expect("world");
             let frozen = w.frozen.get(UUID).copied().unwrap_or(false);
-            w.log.push(if point == "snap_create" && frozen { "snap_create(frozen)".into() } else { point.into() });
+            w.log.push(if point == "snap_create" && frozen {
+                "snap_create(frozen)".into()
+            } else {
+                point.into()
+            });
             match w.faults.get_mut(point) {
                 Some((fault, n)) if *n > 0 => {
                     *n -= 1;
@@ -150,15 +179,30 @@ impl Fake {
     fn rbd_fault(&self, point: &'static str, target: &str) -> Result<(), RbdError> {
         match self.enter(point) {
             None => Ok(()),
-            Some(_) => Err(RbdError::new("fake", target, RbdErrorKind::Other, format!("injected at {point}"))),
+            Some(_) => Err(RbdError::new(
+                "fake",
+                target,
+                RbdErrorKind::Other,
+                format!("injected at {point}"),
+            )),
         }
     }
 
     fn hv_fault(&self, point: &'static str) -> Result<(), LibvirtError> {
         match self.enter(point) {
             None => Ok(()),
-            Some(Fault::AgentGone) => Err(LibvirtError::new(point, UUID, LibvirtErrorKind::AgentUnavailable, "QEMU guest agent is not connected")),
-            Some(_) => Err(LibvirtError::new(point, UUID, LibvirtErrorKind::Other, format!("injected at {point}"))),
+            Some(Fault::AgentGone) => Err(LibvirtError::new(
+                point,
+                UUID,
+                LibvirtErrorKind::AgentUnavailable,
+                "QEMU guest agent is not connected",
+            )),
+            Some(_) => Err(LibvirtError::new(
+                point,
+                UUID,
+                LibvirtErrorKind::Other,
+                format!("injected at {point}"),
+            )),
         }
     }
 }
@@ -168,7 +212,12 @@ fn key(spec: &ImageSpec) -> String {
 }
 
 fn not_found(op: &'static str, what: &str) -> RbdError {
-    RbdError::new(op, what, RbdErrorKind::NotFound, "No such file or directory")
+    RbdError::new(
+        op,
+        what,
+        RbdErrorKind::NotFound,
+        "No such file or directory",
+    )
 }
 
 /// The fake as a hypervisor.
@@ -183,7 +232,14 @@ impl Hypervisor for FakeHv {
             .iter()
             .find(|d| d.name == name_or_uuid || d.uuid == name_or_uuid)
             .cloned()
-            .ok_or_else(|| LibvirtError::new("lookup", name_or_uuid, LibvirtErrorKind::DomainNotFound, "no domain"))
+            .ok_or_else(|| {
+                LibvirtError::new(
+                    "lookup",
+                    name_or_uuid,
+                    LibvirtErrorKind::DomainNotFound,
+                    "no domain",
+                )
+            })
     }
 
     fn set_agent_timeout(&self, _uuid: &str, _seconds: i32) -> Result<(), LibvirtError> {
@@ -192,27 +248,55 @@ impl Hypervisor for FakeHv {
 
     fn fs_info(&self, _uuid: &str) -> Result<Vec<FsInfo>, LibvirtError> {
         self.0.hv_fault("fs_info")?;
-        Ok(vec![FsInfo { mountpoint: "/".into(), name: "vda1".into(), fstype: "ext4".into(), disks: vec!["vda".into()] }])
+        Ok(vec![FsInfo {
+            mountpoint: "/".into(),
+            name: "vda1".into(),
+            fstype: "ext4".into(),
+            disks: vec!["vda".into()],
+        }])
     }
 
     fn freeze(&self, uuid: &str, _mountpoints: &[String]) -> Result<u32, LibvirtError> {
         let _job = self.0.agent_job.lock().expect("agent job");
         self.0.hv_fault("freeze")?;
-        self.0.world.lock().expect("world").frozen.insert(uuid.into(), true);
+        self.0
+            .world
+            .lock()
+            .expect("world")
+            .frozen
+            .insert(uuid.into(), true);
         Ok(1)
     }
 
     fn thaw(&self, uuid: &str, _mountpoints: &[String]) -> Result<u32, LibvirtError> {
         let _job = self.0.agent_job.lock().expect("agent job");
         self.0.hv_fault("thaw")?;
-        let was = self.0.world.lock().expect("world").frozen.insert(uuid.into(), false);
+        let was = self
+            .0
+            .world
+            .lock()
+            .expect("world")
+            .frozen
+            .insert(uuid.into(), false);
         Ok(u32::from(was == Some(true)))
     }
 
     fn freeze_status(&self, uuid: &str) -> Result<FreezeStatus, LibvirtError> {
         self.0.hv_fault("freeze_status")?;
-        let frozen = self.0.world.lock().expect("world").frozen.get(uuid).copied().unwrap_or(false);
-        Ok(if frozen { FreezeStatus::Frozen } else { FreezeStatus::Thawed })
+        let frozen = self
+            .0
+            .world
+            .lock()
+            .expect("world")
+            .frozen
+            .get(uuid)
+            .copied()
+            .unwrap_or(false);
+        Ok(if frozen {
+            FreezeStatus::Frozen
+        } else {
+            FreezeStatus::Thawed
+        })
     }
 }
 
@@ -228,7 +312,11 @@ pub struct FakeImageHandle {
 }
 
 impl FakeImageHandle {
-    fn with<T>(&self, op: &'static str, f: impl FnOnce(&mut World, &str) -> Result<T, RbdError>) -> Result<T, RbdError> {
+    fn with<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut World, &str) -> Result<T, RbdError>,
+    ) -> Result<T, RbdError> {
         let mut w = self.fake.world.lock().expect("world");
         let k = key(&self.spec);
         if !w.images.contains_key(&k) {
@@ -243,7 +331,11 @@ fn img<'w>(w: &'w mut World, k: &str) -> &'w mut FakeImage {
 }
 
 fn has_children(w: &World, parent: &str, snap: &str) -> bool {
-    w.images.values().any(|i| i.parent.as_ref().is_some_and(|p| key(&p.image) == parent && p.snap == snap))
+    w.images.values().any(|i| {
+        i.parent
+            .as_ref()
+            .is_some_and(|p| key(&p.image) == parent && p.snap == snap)
+    })
 }
 
 impl Image for FakeImageHandle {
@@ -251,38 +343,60 @@ impl Image for FakeImageHandle {
         &self.spec
     }
     fn snapshots(&self) -> Result<Vec<String>, RbdError> {
-        self.with("snap list", |w, k| Ok(img(w, k).snapshots.iter().map(|s| s.0.clone()).collect()))
+        self.with("snap list", |w, k| {
+            Ok(img(w, k).snapshots.iter().map(|s| s.0.clone()).collect())
+        })
     }
     fn snapshot_limit(&self) -> Result<Option<u64>, RbdError> {
         self.with("snap limit", |w, k| Ok(img(w, k).limit))
     }
     fn create_snapshot(&self, snap: &str) -> Result<(), RbdError> {
-        let point = if snap == super::FINAL_SNAPSHOT { "final_snap_create" } else { "snap_create" };
+        let point = if snap == super::FINAL_SNAPSHOT {
+            "final_snap_create"
+        } else {
+            "snap_create"
+        };
         self.fake.rbd_fault(point, snap)?;
         self.with("snap create", |w, k| {
             let image = img(w, k);
             if image.snapshots.iter().any(|s| s.0 == snap) {
-                return Err(RbdError::new("snap create", snap, RbdErrorKind::Exists, "exists"));
+                return Err(RbdError::new(
+                    "snap create",
+                    snap,
+                    RbdErrorKind::Exists,
+                    "exists",
+                ));
             }
             image.snapshots.push((snap.to_string(), false));
             Ok(())
         })
     }
     fn protect_snapshot(&self, snap: &str) -> Result<(), RbdError> {
-        let point = if snap == super::FINAL_SNAPSHOT { "final_protect" } else { "protect" };
+        let point = if snap == super::FINAL_SNAPSHOT {
+            "final_protect"
+        } else {
+            "protect"
+        };
         self.fake.rbd_fault(point, snap)?;
-        self.with("protect", |w, k| match img(w, k).snapshots.iter_mut().find(|s| s.0 == snap) {
-            Some(s) => {
-                s.1 = true;
-                Ok(())
+        self.with("protect", |w, k| {
+            match img(w, k).snapshots.iter_mut().find(|s| s.0 == snap) {
+                Some(s) => {
+                    s.1 = true;
+                    Ok(())
+                }
+                None => Err(not_found("protect", snap)),
             }
-            None => Err(not_found("protect", snap)),
         })
     }
     fn unprotect_snapshot(&self, snap: &str) -> Result<(), RbdError> {
         self.with("unprotect", |w, k| {
             if has_children(w, k, snap) {
-                return Err(RbdError::new("unprotect", snap, RbdErrorKind::InUse, "has children"));
+                return Err(RbdError::new(
+                    "unprotect",
+                    snap,
+                    RbdErrorKind::InUse,
+                    "has children",
+                ));
             }
             match img(w, k).snapshots.iter_mut().find(|s| s.0 == snap) {
                 Some(s) => {
@@ -295,7 +409,12 @@ impl Image for FakeImageHandle {
     }
     fn is_protected(&self, snap: &str) -> Result<bool, RbdError> {
         self.with("is protected", |w, k| {
-            img(w, k).snapshots.iter().find(|s| s.0 == snap).map(|s| s.1).ok_or_else(|| not_found("is protected", snap))
+            img(w, k)
+                .snapshots
+                .iter()
+                .find(|s| s.0 == snap)
+                .map(|s| s.1)
+                .ok_or_else(|| not_found("is protected", snap))
         })
     }
     fn remove_snapshot(&self, snap: &str, unprotect: bool) -> Result<(), RbdError> {
@@ -304,14 +423,21 @@ impl Image for FakeImageHandle {
             let children = has_children(w, k, snap);
             let v1_child = w.images.values().any(|i| {
                 i.clone_format == Some(CloneFormat::V1)
-                    && i.parent.as_ref().is_some_and(|p| key(&p.image) == k && p.snap == snap)
+                    && i.parent
+                        .as_ref()
+                        .is_some_and(|p| key(&p.image) == k && p.snap == snap)
             });
             let image = img(w, k);
             let Some(pos) = image.snapshots.iter().position(|s| s.0 == snap) else {
                 return Err(not_found("snap remove", snap));
             };
             if image.snapshots[pos].1 && (!unprotect || v1_child) {
-                return Err(RbdError::new("snap remove", snap, RbdErrorKind::InUse, "protected"));
+                return Err(RbdError::new(
+                    "snap remove",
+                    snap,
+                    RbdErrorKind::InUse,
+                    "protected",
+                ));
             }
             image.snapshots.remove(pos);
             if children {
@@ -327,7 +453,12 @@ impl Image for FakeImageHandle {
         self.fake.rbd_fault("flatten", &key(&self.spec))?;
         for i in 1..=4 {
             if !progress(i, 4) {
-                return Err(RbdError::new("flatten", key(&self.spec), RbdErrorKind::Cancelled, "cancelled"));
+                return Err(RbdError::new(
+                    "flatten",
+                    key(&self.spec),
+                    RbdErrorKind::Cancelled,
+                    "cancelled",
+                ));
             }
         }
         self.with("flatten", |w, k| {
@@ -343,7 +474,9 @@ impl Image for FakeImageHandle {
         })
     }
     fn metadata(&self, key_: &str) -> Result<Option<String>, RbdError> {
-        self.with("metadata get", |w, k| Ok(img(w, k).metadata.get(key_).cloned()))
+        self.with("metadata get", |w, k| {
+            Ok(img(w, k).metadata.get(key_).cloned())
+        })
     }
     fn size(&self) -> Result<u64, RbdError> {
         Ok(1 << 30)
@@ -356,34 +489,86 @@ impl ImageStore for FakeStore {
         Ok("fa4e0000-0000-0000-0000-00000000f51d".into())
     }
     fn pool_exists(&self, pool: &str) -> Result<bool, RbdError> {
-        Ok(self.0.world.lock().expect("world").pools.iter().any(|p| p == pool))
+        Ok(self
+            .0
+            .world
+            .lock()
+            .expect("world")
+            .pools
+            .iter()
+            .any(|p| p == pool))
     }
     fn image_exists(&self, image: &ImageSpec) -> Result<bool, RbdError> {
-        Ok(self.0.world.lock().expect("world").images.contains_key(&key(image)))
+        Ok(self
+            .0
+            .world
+            .lock()
+            .expect("world")
+            .images
+            .contains_key(&key(image)))
     }
     fn open(&self, image: &ImageSpec) -> Result<Arc<dyn Image>, RbdError> {
         self.0.rbd_fault("open", &key(image))?;
         if !self.image_exists(image)? {
             return Err(not_found("open", &key(image)));
         }
-        Ok(Arc::new(FakeImageHandle { fake: Arc::clone(&self.0), spec: image.clone() }))
+        Ok(Arc::new(FakeImageHandle {
+            fake: Arc::clone(&self.0),
+            spec: image.clone(),
+        }))
     }
     fn clone_format(&self) -> Result<CloneFormat, RbdError> {
-        Ok(self.0.world.lock().expect("world").clone_format.unwrap_or(CloneFormat::V2))
+        Ok(self
+            .0
+            .world
+            .lock()
+            .expect("world")
+            .clone_format
+            .unwrap_or(CloneFormat::V2))
     }
-    fn clone_image(&self, parent: &ImageSpec, snap: &str, child: &ImageSpec, format: CloneFormat) -> Result<(), RbdError> {
+    fn clone_image(
+        &self,
+        parent: &ImageSpec,
+        snap: &str,
+        child: &ImageSpec,
+        format: CloneFormat,
+    ) -> Result<(), RbdError> {
         self.0.rbd_fault("clone", &key(child))?;
         let mut w = self.0.world.lock().expect("world");
-        let Some(p) = w.images.get(&key(parent)) else { return Err(not_found("clone", &key(parent))) };
-        let Some(s) = p.snapshots.iter().find(|s| s.0 == snap) else { return Err(not_found("clone", snap)) };
+        let Some(p) = w.images.get(&key(parent)) else {
+            return Err(not_found("clone", &key(parent)));
+        };
+        let Some(s) = p.snapshots.iter().find(|s| s.0 == snap) else {
+            return Err(not_found("clone", snap));
+        };
         if format == CloneFormat::V1 && !s.1 {
-            return Err(RbdError::new("clone", snap, RbdErrorKind::Invalid, "parent snapshot must be protected"));
+            return Err(RbdError::new(
+                "clone",
+                snap,
+                RbdErrorKind::Invalid,
+                "parent snapshot must be protected",
+            ));
         }
         if w.images.contains_key(&key(child)) {
-            return Err(RbdError::new("clone", key(child), RbdErrorKind::Exists, "exists"));
+            return Err(RbdError::new(
+                "clone",
+                key(child),
+                RbdErrorKind::Exists,
+                "exists",
+            ));
         }
-        let parent = Some(ParentSpec { image: parent.clone(), snap: snap.into() });
-        w.images.insert(key(child), FakeImage { parent, clone_format: Some(format), ..Default::default() });
+        let parent = Some(ParentSpec {
+            image: parent.clone(),
+            snap: snap.into(),
+        });
+        w.images.insert(
+            key(child),
+            FakeImage {
+                parent,
+                clone_format: Some(format),
+                ..Default::default()
+            },
+        );
         Ok(())
     }
     fn remove_image(&self, image: &ImageSpec) -> Result<(), RbdError> {
@@ -391,7 +576,12 @@ impl ImageStore for FakeStore {
         let mut w = self.0.world.lock().expect("world");
         match w.images.get(&key(image)) {
             None => Err(not_found("remove", &key(image))),
-            Some(i) if !i.snapshots.is_empty() => Err(RbdError::new("remove", key(image), RbdErrorKind::InUse, "has snapshots")),
+            Some(i) if !i.snapshots.is_empty() => Err(RbdError::new(
+                "remove",
+                key(image),
+                RbdErrorKind::InUse,
+                "has snapshots",
+            )),
             Some(_) => {
                 w.images.remove(&key(image));
                 Ok(())

@@ -28,7 +28,6 @@ mod fakes;
 #[cfg(test)]
 mod tests;
 
-
 pub use error::{SnapshotError, SnapshotErrorKind};
 pub use types::*;
 pub use workflow::run;

@@ -48,7 +48,11 @@ pub struct Saga {
 impl Saga {
     /// An empty log for a job against `store`.
     pub fn new(store: Arc<dyn ImageStore>, deadline: Duration) -> Self {
-        Saga { store, deadline, steps: Vec::new() }
+        Saga {
+            store,
+            deadline,
+            steps: Vec::new(),
+        }
     }
 
     /// Record an undo before the step it undoes acts.
@@ -69,7 +73,8 @@ impl Saga {
     /// The step is complete and its result is kept (or it was cleaned up by
     /// the workflow itself): nothing to undo for it any more.
     pub fn forget_temp_snapshot(&mut self, image: &ImageSpec) {
-        self.steps.retain(|u| !matches!(u, Undo::TempSnapshot { image: i, .. } if i.spec() == image));
+        self.steps
+            .retain(|u| !matches!(u, Undo::TempSnapshot { image: i, .. } if i.spec() == image));
     }
 
     /// Whether anything is recorded.
@@ -90,16 +95,24 @@ impl Saga {
 
     async fn undo(&self, step: Undo) -> Result<(), String> {
         match step {
-            Undo::TempSnapshot { image, snap, pending } => {
+            Undo::TempSnapshot {
+                image,
+                snap,
+                pending,
+            } => {
                 let what = format!("remove snapshot {}@{snap}", image.spec());
                 self.wait_for(pending).await;
-                self.call(&what, move || image.remove_snapshot(&snap, true)).await
+                self.call(&what, move || image.remove_snapshot(&snap, true))
+                    .await
             }
             Undo::CreatedImage { spec, pending } => {
                 let what = format!("remove image {spec}");
                 self.wait_for(pending).await;
                 let store = Arc::clone(&self.store);
-                self.call(&what, move || remove_image_and_snapshots(store.as_ref(), &spec)).await
+                self.call(&what, move || {
+                    remove_image_and_snapshots(store.as_ref(), &spec)
+                })
+                .await
             }
         }
     }
@@ -119,14 +132,20 @@ impl Saga {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if e.kind == RbdErrorKind::NotFound => Ok(()),
             Ok(Err(e)) => Err(format!("{what}: {e}")),
-            Err(_) => Err(format!("{what}: no answer within {} ms", self.deadline.as_millis())),
+            Err(_) => Err(format!(
+                "{what}: no answer within {} ms",
+                self.deadline.as_millis()
+            )),
         }
     }
 }
 
 /// Remove an image and every snapshot on it (unprotecting them); an image
 /// that does not exist is already undone.
-pub fn remove_image_and_snapshots(store: &dyn ImageStore, spec: &ImageSpec) -> Result<(), RbdError> {
+pub fn remove_image_and_snapshots(
+    store: &dyn ImageStore,
+    spec: &ImageSpec,
+) -> Result<(), RbdError> {
     let image = store.open(spec)?;
     for snap in image.snapshots()? {
         image.remove_snapshot(&snap, true)?;

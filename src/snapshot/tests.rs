@@ -17,6 +17,7 @@ fn settings() -> Settings {
         agent_timeout: Duration::from_millis(500),
         call_deadline: Duration::from_secs(2),
         flatten_deadline: Duration::from_secs(5),
+        clone_format: None,
     }
 }
 
@@ -31,9 +32,21 @@ fn request() -> SnapshotRequest {
     }
 }
 
-async fn go(fake: &Arc<Fake>, req: &SnapshotRequest, s: &Settings) -> Result<SnapshotResult, SnapshotError> {
+async fn go(
+    fake: &Arc<Fake>,
+    req: &SnapshotRequest,
+    s: &Settings,
+) -> Result<SnapshotResult, SnapshotError> {
     let progress: ProgressSink = Arc::new(|_| {});
-    run(Arc::new(FakeHv(Arc::clone(fake))), Arc::new(FakeStore(Arc::clone(fake))), s, req, "job1", progress).await
+    run(
+        Arc::new(FakeHv(Arc::clone(fake))),
+        Arc::new(FakeStore(Arc::clone(fake))),
+        s,
+        req,
+        "job1",
+        progress,
+    )
+    .await
 }
 
 /// Nothing left behind: guest thawed, source images hold only what they held,
@@ -41,9 +54,22 @@ async fn go(fake: &Arc<Fake>, req: &SnapshotRequest, s: &Settings) -> Result<Sna
 fn assert_untouched(fake: &Fake, ctx: &str) {
     assert!(!fake.frozen(), "{ctx}: guest left frozen");
     let disk = fake.image("vms/vm-disk").expect("source");
-    assert!(disk.snapshots.is_empty(), "{ctx}: snapshots left on source: {:?}", disk.snapshots);
-    assert!(disk.trashed.is_empty() || fake.image("images/new").is_none(), "{ctx}");
-    assert!(fake.image("vms/vm-data").expect("data").snapshots.is_empty(), "{ctx}");
+    assert!(
+        disk.snapshots.is_empty(),
+        "{ctx}: snapshots left on source: {:?}",
+        disk.snapshots
+    );
+    assert!(
+        disk.trashed.is_empty() || fake.image("images/new").is_none(),
+        "{ctx}"
+    );
+    assert!(
+        fake.image("vms/vm-data")
+            .expect("data")
+            .snapshots
+            .is_empty(),
+        "{ctx}"
+    );
     for dest in ["images/new", "images/new-vda", "images/new-vdb", "vms/new"] {
         assert!(fake.image(dest).is_none(), "{ctx}: {dest} left behind");
     }
@@ -55,41 +81,72 @@ async fn boot_disk_is_snapshotted_frozen_into_the_parent_pool() {
     let result = go(&fake, &request(), &settings()).await.expect("snapshot");
     assert_eq!(result.disks.len(), 1);
     let disk = &result.disks[0];
-    assert_eq!((disk.disk.as_str(), disk.source.as_str()), ("vda", "vms/vm-disk"));
-    assert_eq!(disk.location, format!("rbd://{}/images/new/snap", result.fsid));
+    assert_eq!(
+        (disk.disk.as_str(), disk.source.as_str()),
+        ("vda", "vms/vm-disk")
+    );
+    assert_eq!(
+        disk.location,
+        format!("rbd://{}/images/new/snap", result.fsid)
+    );
     assert_eq!(result.consistency, Consistency::Filesystem);
     assert_eq!(result.consistency_reason, None);
     assert_eq!(result.frozen_filesystems, 1);
     assert!(!fake.frozen());
     let log = fake.log();
-    let at = |what: &str| log.iter().position(|l| l == what).unwrap_or_else(|| panic!("{what} in {log:?}"));
+    let at = |what: &str| {
+        log.iter()
+            .position(|l| l == what)
+            .unwrap_or_else(|| panic!("{what} in {log:?}"))
+    };
     assert!(at("freeze") < at("snap_create(frozen)") && at("snap_create(frozen)") < at("thaw"));
     let new = fake.image("images/new").expect("new image");
     assert_eq!(new.snapshots, vec![("snap".to_string(), true)]);
     assert_eq!(new.parent, None, "flattened");
-    assert_eq!(new.metadata.get(METADATA_JOB).map(String::as_str), Some("job1"));
+    assert_eq!(
+        new.metadata.get(METADATA_JOB).map(String::as_str),
+        Some("job1")
+    );
     let source = fake.image("vms/vm-disk").expect("source");
-    assert!(source.snapshots.is_empty() && source.trashed.is_empty(), "temporary snapshot gone");
+    assert!(
+        source.snapshots.is_empty() && source.trashed.is_empty(),
+        "temporary snapshot gone"
+    );
 }
 
 #[tokio::test]
 async fn a_failure_at_every_step_leaves_nothing_behind() {
     let points = [
-        "snap_create", "clone", "flatten", "snap_remove", "set_metadata", "final_snap_create", "final_protect",
+        "snap_create",
+        "clone",
+        "flatten",
+        "snap_remove",
+        "set_metadata",
+        "final_snap_create",
+        "final_protect",
     ];
     for point in points {
         let fake = Fake::standard();
         fake.inject(point, Fault::Fail, 1);
         let err = go(&fake, &request(), &settings()).await.expect_err(point);
         assert!(err.rollback_failures.is_empty(), "{point}: {err}");
-        assert!(err.message.contains(point) || err.message.contains("injected"), "{point}: {err}");
+        assert!(
+            err.message.contains(point) || err.message.contains("injected"),
+            "{point}: {err}"
+        );
         assert_untouched(&fake, point);
     }
 }
 
 #[tokio::test]
 async fn clone_v1_protects_and_a_failure_at_every_step_still_cleans_up() {
-    for point in ["protect", "clone", "flatten", "snap_remove", "final_snap_create"] {
+    for point in [
+        "protect",
+        "clone",
+        "flatten",
+        "snap_remove",
+        "final_snap_create",
+    ] {
         let fake = Fake::standard();
         fake.world.lock().expect("world").clone_format = Some(CloneFormat::V1);
         fake.inject(point, Fault::Fail, 1);
@@ -98,10 +155,16 @@ async fn clone_v1_protects_and_a_failure_at_every_step_still_cleans_up() {
     }
     let fake = Fake::standard();
     fake.world.lock().expect("world").clone_format = Some(CloneFormat::V1);
-    let result = go(&fake, &request(), &settings()).await.expect("v1 snapshot");
+    let result = go(&fake, &request(), &settings())
+        .await
+        .expect("v1 snapshot");
     assert_eq!(result.clone_format, CloneFormat::V1);
     assert!(fake.log().contains(&"protect".to_string()));
-    assert!(fake.image("vms/vm-disk").expect("source").snapshots.is_empty());
+    assert!(fake
+        .image("vms/vm-disk")
+        .expect("source")
+        .snapshots
+        .is_empty());
 }
 
 #[tokio::test]
@@ -120,10 +183,15 @@ async fn undo_failures_are_reported_with_the_cause() {
 async fn freeze_failure_with_required_fails_before_any_snapshot() {
     let fake = Fake::standard();
     fake.inject("freeze", Fault::Fail, 1);
-    let err = go(&fake, &request(), &settings()).await.expect_err("required");
+    let err = go(&fake, &request(), &settings())
+        .await
+        .expect_err("required");
     assert_eq!(err.kind, SnapshotErrorKind::FreezeFailed);
     assert!(!fake.log().iter().any(|l| l.starts_with("snap_create")));
-    assert!(fake.log().contains(&"thaw".to_string()), "thawed even though the freeze failed");
+    assert!(
+        fake.log().contains(&"thaw".to_string()),
+        "thawed even though the freeze failed"
+    );
     assert_untouched(&fake, "freeze");
 }
 
@@ -131,10 +199,17 @@ async fn freeze_failure_with_required_fails_before_any_snapshot() {
 async fn freeze_failure_with_preferred_falls_back_to_crash_and_says_why() {
     let fake = Fake::standard();
     fake.inject("freeze", Fault::AgentGone, 1);
-    let req = SnapshotRequest { quiesce: QuiescePolicy::Preferred, ..request() };
+    let req = SnapshotRequest {
+        quiesce: QuiescePolicy::Preferred,
+        ..request()
+    };
     let result = go(&fake, &req, &settings()).await.expect("preferred");
     assert_eq!(result.consistency, Consistency::Crash);
-    assert!(result.consistency_reason.as_deref().unwrap_or_default().contains("freeze failed"));
+    assert!(result
+        .consistency_reason
+        .as_deref()
+        .unwrap_or_default()
+        .contains("freeze failed"));
     assert!(!fake.frozen());
 }
 
@@ -142,7 +217,9 @@ async fn freeze_failure_with_preferred_falls_back_to_crash_and_says_why() {
 async fn a_freeze_that_lands_after_its_deadline_is_thawed() {
     let fake = Fake::standard();
     fake.inject("freeze", Fault::Slow(Duration::from_millis(600)), 1);
-    let err = go(&fake, &request(), &settings()).await.expect_err("late freeze");
+    let err = go(&fake, &request(), &settings())
+        .await
+        .expect_err("late freeze");
     assert_eq!(err.kind, SnapshotErrorKind::FreezeTimeout, "{err}");
     assert_untouched(&fake, "late freeze");
 }
@@ -151,7 +228,9 @@ async fn a_freeze_that_lands_after_its_deadline_is_thawed() {
 async fn snapshots_that_miss_the_freeze_deadline_are_thawed_and_removed_when_they_land() {
     let fake = Fake::standard();
     fake.inject("snap_create", Fault::Slow(Duration::from_millis(500)), 1);
-    let err = go(&fake, &request(), &settings()).await.expect_err("slow snapshot");
+    let err = go(&fake, &request(), &settings())
+        .await
+        .expect_err("slow snapshot");
     assert_eq!(err.kind, SnapshotErrorKind::FreezeTimeout, "{err}");
     assert!(err.rollback_failures.is_empty(), "{err}");
     assert_untouched(&fake, "slow snapshot");
@@ -161,12 +240,16 @@ async fn snapshots_that_miss_the_freeze_deadline_are_thawed_and_removed_when_the
 async fn a_failing_thaw_is_retried_and_the_agent_status_believed() {
     let fake = Fake::standard();
     fake.inject("thaw", Fault::Fail, 2);
-    go(&fake, &request(), &settings()).await.expect("second retry thaws");
+    go(&fake, &request(), &settings())
+        .await
+        .expect("second retry thaws");
     assert!(!fake.frozen());
 
     let fake = Fake::standard();
     fake.inject("thaw", Fault::Fail, 3);
-    let err = go(&fake, &request(), &settings()).await.expect_err("still frozen");
+    let err = go(&fake, &request(), &settings())
+        .await
+        .expect_err("still frozen");
     assert_eq!(err.kind, SnapshotErrorKind::ThawFailed, "{err}");
 }
 
@@ -174,15 +257,30 @@ async fn a_failing_thaw_is_retried_and_the_agent_status_believed() {
 async fn agent_missing_refuses_required_and_degrades_preferred() {
     let fake = Fake::standard();
     fake.world.lock().expect("world").domains[0].agent = AgentChannel::Disconnected;
-    let err = go(&fake, &request(), &settings()).await.expect_err("required");
+    let err = go(&fake, &request(), &settings())
+        .await
+        .expect_err("required");
     assert_eq!(err.kind, SnapshotErrorKind::AgentUnavailable);
-    assert!(fake.log().iter().all(|l| l != "freeze" && !l.starts_with("snap_create")));
+    assert!(fake
+        .log()
+        .iter()
+        .all(|l| l != "freeze" && !l.starts_with("snap_create")));
     assert_untouched(&fake, "agent");
-    let req = SnapshotRequest { quiesce: QuiescePolicy::Preferred, ..request() };
+    let req = SnapshotRequest {
+        quiesce: QuiescePolicy::Preferred,
+        ..request()
+    };
     let result = go(&fake, &req, &settings()).await.expect("preferred");
     assert_eq!(result.consistency, Consistency::Crash);
-    assert_eq!(result.consistency_reason.as_deref(), Some("the guest agent is not connected"));
-    let off = SnapshotRequest { quiesce: QuiescePolicy::Off, image: "new2".into(), ..request() };
+    assert_eq!(
+        result.consistency_reason.as_deref(),
+        Some("the guest agent is not connected")
+    );
+    let off = SnapshotRequest {
+        quiesce: QuiescePolicy::Off,
+        image: "new2".into(),
+        ..request()
+    };
     let result = go(&fake, &off, &settings()).await.expect("off");
     assert_eq!(result.consistency_reason.as_deref(), Some("quiesce off"));
 }
@@ -191,7 +289,9 @@ async fn agent_missing_refuses_required_and_degrades_preferred() {
 async fn an_agent_that_does_not_answer_fsinfo_counts_as_unavailable() {
     let fake = Fake::standard();
     fake.inject("fs_info", Fault::AgentGone, 1);
-    let err = go(&fake, &request(), &settings()).await.expect_err("required");
+    let err = go(&fake, &request(), &settings())
+        .await
+        .expect_err("required");
     assert_eq!(err.kind, SnapshotErrorKind::AgentUnavailable, "{err}");
     assert_untouched(&fake, "fs_info");
 }
@@ -199,7 +299,10 @@ async fn an_agent_that_does_not_answer_fsinfo_counts_as_unavailable() {
 #[tokio::test]
 async fn two_disks_share_one_freeze() {
     let fake = Fake::standard();
-    let req = SnapshotRequest { disks: vec!["vda".into(), "vdb".into()], ..request() };
+    let req = SnapshotRequest {
+        disks: vec!["vda".into(), "vdb".into()],
+        ..request()
+    };
     let result = go(&fake, &req, &settings()).await.expect("two disks");
     let names: Vec<&str> = result.disks.iter().map(|d| d.image.as_str()).collect();
     assert_eq!(names, ["new-vda", "new-vdb"]);
@@ -207,20 +310,72 @@ async fn two_disks_share_one_freeze() {
     assert_eq!(result.disks[1].pool, "images");
     let log = fake.log();
     assert_eq!(log.iter().filter(|l| *l == "freeze").count(), 1);
-    assert_eq!(log.iter().filter(|l| *l == "snap_create(frozen)").count(), 2, "{log:?}");
+    assert_eq!(
+        log.iter().filter(|l| *l == "snap_create(frozen)").count(),
+        2,
+        "{log:?}"
+    );
 }
 
 #[tokio::test]
 async fn preflight_refusals_touch_nothing() {
     let cases: Vec<(SnapshotRequest, SnapshotErrorKind)> = vec![
-        (SnapshotRequest { domain: "nope".into(), ..request() }, SnapshotErrorKind::DomainNotFound),
-        (SnapshotRequest { disks: vec!["vdc".into()], ..request() }, SnapshotErrorKind::DiskNotRbd),
-        (SnapshotRequest { disks: vec!["vdz".into()], ..request() }, SnapshotErrorKind::DiskNotFound),
-        (SnapshotRequest { disks: vec!["vda".into(), "vda".into()], ..request() }, SnapshotErrorKind::InvalidParams),
-        (SnapshotRequest { pool: Some("nopool".into()), ..request() }, SnapshotErrorKind::PoolNotFound),
-        (SnapshotRequest { image: "base".into(), ..request() }, SnapshotErrorKind::ImageExists),
-        (SnapshotRequest { image: "a/b".into(), ..request() }, SnapshotErrorKind::InvalidParams),
-        (SnapshotRequest { image: "a@b".into(), ..request() }, SnapshotErrorKind::InvalidParams),
+        (
+            SnapshotRequest {
+                domain: "nope".into(),
+                ..request()
+            },
+            SnapshotErrorKind::DomainNotFound,
+        ),
+        (
+            SnapshotRequest {
+                disks: vec!["vdc".into()],
+                ..request()
+            },
+            SnapshotErrorKind::DiskNotRbd,
+        ),
+        (
+            SnapshotRequest {
+                disks: vec!["vdz".into()],
+                ..request()
+            },
+            SnapshotErrorKind::DiskNotFound,
+        ),
+        (
+            SnapshotRequest {
+                disks: vec!["vda".into(), "vda".into()],
+                ..request()
+            },
+            SnapshotErrorKind::InvalidParams,
+        ),
+        (
+            SnapshotRequest {
+                pool: Some("nopool".into()),
+                ..request()
+            },
+            SnapshotErrorKind::PoolNotFound,
+        ),
+        (
+            SnapshotRequest {
+                image: "base".into(),
+                ..request()
+            },
+            SnapshotErrorKind::ImageExists,
+        ),
+        (
+            SnapshotRequest {
+                image: "a/b".into(),
+                ..request()
+            },
+            SnapshotErrorKind::InvalidParams,
+        ),
+        (
+            SnapshotRequest {
+                image: "a@b".into(),
+                ..request()
+            },
+            SnapshotErrorKind::InvalidParams,
+        ),
     ];
     for (req, kind) in cases {
         let fake = Fake::standard();
@@ -235,15 +390,39 @@ async fn preflight_refusals_touch_nothing() {
 async fn stopped_domains_snapshot_limits_and_missing_pools_are_refused() {
     let fake = Fake::standard();
     fake.world.lock().expect("world").domains[0].state = crate::libvirt::DomainState::Shutoff;
-    assert_eq!(go(&fake, &request(), &settings()).await.expect_err("off").kind, SnapshotErrorKind::DomainNotRunning);
+    assert_eq!(
+        go(&fake, &request(), &settings())
+            .await
+            .expect_err("off")
+            .kind,
+        SnapshotErrorKind::DomainNotRunning
+    );
 
     let fake = Fake::standard();
-    fake.world.lock().expect("world").images.get_mut("vms/vm-disk").expect("disk").limit = Some(0);
-    assert_eq!(go(&fake, &request(), &settings()).await.expect_err("limit").kind, SnapshotErrorKind::SnapshotLimit);
+    fake.world
+        .lock()
+        .expect("world")
+        .images
+        .get_mut("vms/vm-disk")
+        .expect("disk")
+        .limit = Some(0);
+    assert_eq!(
+        go(&fake, &request(), &settings())
+            .await
+            .expect_err("limit")
+            .kind,
+        SnapshotErrorKind::SnapshotLimit
+    );
 
     let fake = Fake::standard();
-    let req = SnapshotRequest { disks: vec!["vdb".into()], ..request() };
-    let no_default = Settings { default_pool: None, ..settings() };
+    let req = SnapshotRequest {
+        disks: vec!["vdb".into()],
+        ..request()
+    };
+    let no_default = Settings {
+        default_pool: None,
+        ..settings()
+    };
     let err = go(&fake, &req, &no_default).await.expect_err("no pool");
     assert_eq!(err.kind, SnapshotErrorKind::NoDestinationPool, "{err}");
 }
@@ -251,10 +430,21 @@ async fn stopped_domains_snapshot_limits_and_missing_pools_are_refused() {
 #[tokio::test]
 async fn flatten_none_keeps_the_parent_and_says_so() {
     let fake = Fake::standard();
-    let req = SnapshotRequest { flatten: FlattenMode::None, pool: Some("vms".into()), ..request() };
+    let req = SnapshotRequest {
+        flatten: FlattenMode::None,
+        pool: Some("vms".into()),
+        ..request()
+    };
     let result = go(&fake, &req, &settings()).await.expect("none");
-    assert_eq!(result.disks[0].pool, "vms", "the request's pool wins over Nova's rule");
-    assert!(result.disks[0].parent.as_deref().unwrap_or_default().starts_with("vms/vm-disk@rbdsnapd-tmp-job1"));
+    assert_eq!(
+        result.disks[0].pool, "vms",
+        "the request's pool wins over Nova's rule"
+    );
+    assert!(result.disks[0]
+        .parent
+        .as_deref()
+        .unwrap_or_default()
+        .starts_with("vms/vm-disk@rbdsnapd-tmp-job1"));
     let new = fake.image("vms/new").expect("new");
     assert!(new.parent.is_some(), "still a clone");
     // clone v2: the temporary snapshot left the user namespace (trash)
@@ -270,12 +460,34 @@ async fn progress_reports_every_phase_and_flatten_reaches_total() {
     let sink_seen = Arc::clone(&seen);
     let sink: ProgressSink = Arc::new(move |p| sink_seen.lock().expect("seen").push(p));
     let hv = Arc::new(FakeHv(Arc::clone(&fake)));
-    run(hv, Arc::new(FakeStore(Arc::clone(&fake))), &settings(), &request(), "job1", sink).await.expect("ok");
+    run(
+        hv,
+        Arc::new(FakeStore(Arc::clone(&fake))),
+        &settings(),
+        &request(),
+        "job1",
+        sink,
+    )
+    .await
+    .expect("ok");
     let seen = seen.lock().expect("seen");
-    for phase in [Phase::Preflight, Phase::Freeze, Phase::Clone, Phase::Flatten, Phase::Finish] {
-        assert!(seen.iter().any(|p| p.phase == phase), "{phase:?} in {seen:?}");
+    for phase in [
+        Phase::Preflight,
+        Phase::Freeze,
+        Phase::Clone,
+        Phase::Flatten,
+        Phase::Finish,
+    ] {
+        assert!(
+            seen.iter().any(|p| p.phase == phase),
+            "{phase:?} in {seen:?}"
+        );
     }
-    let last_flatten = seen.iter().rev().find(|p| p.phase == Phase::Flatten).expect("flatten");
+    let last_flatten = seen
+        .iter()
+        .rev()
+        .find(|p| p.phase == Phase::Flatten)
+        .expect("flatten");
     assert_eq!(last_flatten.done, last_flatten.total);
     let _ = UUID;
 }

@@ -64,6 +64,8 @@ pub struct Settings {
     pub call_deadline: Duration,
     /// Deadline of a whole flatten.
     pub flatten_deadline: Duration,
+    /// Clone format to use; `None` picks the newest the cluster allows.
+    pub clone_format: Option<CloneFormat>,
 }
 
 impl Default for Settings {
@@ -74,6 +76,7 @@ impl Default for Settings {
             agent_timeout: Duration::from_secs(5),
             call_deadline: Duration::from_secs(30),
             flatten_deadline: Duration::from_secs(3600),
+            clone_format: None,
         }
     }
 }

@@ -9,8 +9,9 @@ use super::capture::{self, Captured};
 use super::preflight::{self, Plan, PlannedDisk};
 use super::saga::{Saga, Undo};
 use super::{
-    DiskResult, FlattenMode, Phase, Progress, ProgressSink, Settings, SnapshotError, SnapshotErrorKind as Kind,
-    SnapshotRequest, SnapshotResult, Timings, FINAL_SNAPSHOT, METADATA_JOB, METADATA_SOURCE, TEMP_SNAPSHOT_PREFIX,
+    DiskResult, FlattenMode, Phase, Progress, ProgressSink, Settings, SnapshotError,
+    SnapshotErrorKind as Kind, SnapshotRequest, SnapshotResult, Timings, FINAL_SNAPSHOT,
+    METADATA_JOB, METADATA_SOURCE, TEMP_SNAPSHOT_PREFIX,
 };
 use crate::libvirt::Hypervisor;
 use crate::rbd::{CloneFormat, ImageStore, RbdErrorKind};
@@ -40,7 +41,14 @@ pub async fn run(
     progress: ProgressSink,
 ) -> Result<SnapshotResult, SnapshotError> {
     let started = Instant::now();
-    let job = Job { hv, store, settings, req, job_id, progress };
+    let job = Job {
+        hv,
+        store,
+        settings,
+        req,
+        job_id,
+        progress,
+    };
     job.report(Phase::Preflight, 0, 0);
     let plan = preflight::plan(&job.hv, &job.store, settings, req).await?;
     let mut saga = Saga::new(Arc::clone(&job.store), settings.call_deadline);
@@ -59,14 +67,21 @@ impl Job<'_> {
         (self.progress)(Progress { phase, done, total });
     }
 
-    async fn execute(&self, plan: &Plan, saga: &mut Saga, started: Instant) -> Result<SnapshotResult, SnapshotError> {
+    async fn execute(
+        &self,
+        plan: &Plan,
+        saga: &mut Saga,
+        started: Instant,
+    ) -> Result<SnapshotResult, SnapshotError> {
         let temp = format!("{TEMP_SNAPSHOT_PREFIX}{}", self.job_id);
         self.report(Phase::Freeze, 0, plan.disks.len() as u64);
-        let captured = capture::capture(&self.hv, plan, self.settings, self.req.quiesce, &temp, saga).await?;
+        let captured =
+            capture::capture(&self.hv, plan, self.settings, self.req.quiesce, &temp, saga).await?;
         let clone_started = Instant::now();
         self.report(Phase::Clone, 0, plan.disks.len() as u64);
         for (i, disk) in plan.disks.iter().enumerate() {
-            self.clone_disk(plan.clone_format, disk, &temp, saga).await?;
+            self.clone_disk(plan.clone_format, disk, &temp, saga)
+                .await?;
             self.report(Phase::Clone, i as u64 + 1, plan.disks.len() as u64);
         }
         let clone_ms = ms(clone_started);
@@ -78,7 +93,8 @@ impl Job<'_> {
         }
         let flatten_ms = ms(flatten_started);
         self.report(Phase::Finish, 0, plan.disks.len() as u64);
-        let keeps_parent = self.req.flatten == FlattenMode::None && plan.clone_format == CloneFormat::V1;
+        let keeps_parent =
+            self.req.flatten == FlattenMode::None && plan.clone_format == CloneFormat::V1;
         for disk in &plan.disks {
             self.finish_disk(disk, &temp, keeps_parent).await?;
         }
@@ -100,34 +116,60 @@ impl Job<'_> {
     }
 
     /// Clone the temporary snapshot into the destination; v1 protects first.
-    async fn clone_disk(&self, format: CloneFormat, disk: &PlannedDisk, temp: &str, saga: &mut Saga) -> Result<(), SnapshotError> {
+    async fn clone_disk(
+        &self,
+        format: CloneFormat,
+        disk: &PlannedDisk,
+        temp: &str,
+        saga: &mut Saga,
+    ) -> Result<(), SnapshotError> {
         let deadline = self.settings.call_deadline;
         if format == CloneFormat::V1 {
             let (image, snap) = (Arc::clone(&disk.source), temp.to_string());
             blocking::store("protect", deadline, move || image.protect_snapshot(&snap)).await?;
         }
-        let (store, parent, snap, child) =
-            (Arc::clone(&self.store), disk.source.spec().clone(), temp.to_string(), disk.dest.clone());
-        let outcome = with_deadline(deadline, move || store.clone_image(&parent, &snap, &child, format)).await;
+        let (store, parent, snap, child) = (
+            Arc::clone(&self.store),
+            disk.source.spec().clone(),
+            temp.to_string(),
+            disk.dest.clone(),
+        );
+        let outcome = with_deadline(deadline, move || {
+            store.clone_image(&parent, &snap, &child, format)
+        })
+        .await;
         match outcome {
             Ok(Ok(())) => {
-                saga.record(Undo::CreatedImage { spec: disk.dest.clone(), pending: None });
+                saga.record(Undo::CreatedImage {
+                    spec: disk.dest.clone(),
+                    pending: None,
+                });
                 Ok(())
             }
             // someone else's image took the name since pre-flight: not ours to remove
             Ok(Err(e)) if e.kind == RbdErrorKind::Exists => Err(SnapshotError::rbd(&e)),
             Ok(Err(e)) => {
-                saga.record(Undo::CreatedImage { spec: disk.dest.clone(), pending: None });
+                saga.record(Undo::CreatedImage {
+                    spec: disk.dest.clone(),
+                    pending: None,
+                });
                 Err(SnapshotError::rbd(&e))
             }
             Err(late) => {
-                saga.record(Undo::CreatedImage { spec: disk.dest.clone(), pending: None });
+                saga.record(Undo::CreatedImage {
+                    spec: disk.dest.clone(),
+                    pending: None,
+                });
                 if let Late::TimedOut(handle) = late {
                     saga.set_pending(handle);
                 }
                 Err(SnapshotError::new(
                     Kind::CephUnavailable,
-                    format!("clone into {} did not finish within {} ms", disk.dest, deadline.as_millis()),
+                    format!(
+                        "clone into {} did not finish within {} ms",
+                        disk.dest,
+                        deadline.as_millis()
+                    ),
                 ))
             }
         }
@@ -139,7 +181,11 @@ impl Job<'_> {
         blocking::store("flatten", self.settings.flatten_deadline, move || {
             let image = store.open(&dest)?;
             let mut report = move |done: u64, total: u64| {
-                sink(Progress { phase: Phase::Flatten, done, total });
+                sink(Progress {
+                    phase: Phase::Flatten,
+                    done,
+                    total,
+                });
                 true
             };
             image.flatten(&mut report)
@@ -149,23 +195,45 @@ impl Job<'_> {
 
     /// Drop the temporary snapshot (unless a v1 clone still needs it), then
     /// `snap` + protect and our marks on the new image.
-    async fn finish_disk(&self, disk: &PlannedDisk, temp: &str, keeps_parent: bool) -> Result<(), SnapshotError> {
-        let (store, source, dest) = (Arc::clone(&self.store), Arc::clone(&disk.source), disk.dest.clone());
-        let (temp, job_id, target) = (temp.to_string(), self.job_id.to_string(), disk.target.clone());
+    async fn finish_disk(
+        &self,
+        disk: &PlannedDisk,
+        temp: &str,
+        keeps_parent: bool,
+    ) -> Result<(), SnapshotError> {
+        let (store, source, dest) = (
+            Arc::clone(&self.store),
+            Arc::clone(&disk.source),
+            disk.dest.clone(),
+        );
+        let (temp, job_id, target) = (
+            temp.to_string(),
+            self.job_id.to_string(),
+            disk.target.clone(),
+        );
         blocking::store("finish", self.settings.call_deadline, move || {
             if !keeps_parent {
                 source.remove_snapshot(&temp, true)?;
             }
             let image = store.open(&dest)?;
             image.set_metadata(METADATA_JOB, &job_id)?;
-            image.set_metadata(METADATA_SOURCE, &format!("{}@{temp} disk {target}", source.spec()))?;
+            image.set_metadata(
+                METADATA_SOURCE,
+                &format!("{}@{temp} disk {target}", source.spec()),
+            )?;
             image.create_snapshot(FINAL_SNAPSHOT)?;
             image.protect_snapshot(FINAL_SNAPSHOT)
         })
         .await
     }
 
-    fn result(&self, plan: &Plan, captured: Captured, temp: &str, timings: Timings) -> SnapshotResult {
+    fn result(
+        &self,
+        plan: &Plan,
+        captured: Captured,
+        temp: &str,
+        timings: Timings,
+    ) -> SnapshotResult {
         let flattened = self.req.flatten == FlattenMode::Sync;
         let disks = plan
             .disks
@@ -176,7 +244,10 @@ impl Job<'_> {
                 pool: d.dest.pool.clone(),
                 image: d.dest.name.clone(),
                 snapshot: FINAL_SNAPSHOT.to_string(),
-                location: format!("rbd://{}/{}/{}/{FINAL_SNAPSHOT}", plan.fsid, d.dest.pool, d.dest.name),
+                location: format!(
+                    "rbd://{}/{}/{}/{FINAL_SNAPSHOT}",
+                    plan.fsid, d.dest.pool, d.dest.name
+                ),
                 parent: (!flattened).then(|| format!("{}@{temp}", d.source.spec())),
             })
             .collect();

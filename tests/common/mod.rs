@@ -221,3 +221,113 @@ impl Guest {
         data
     }
 }
+
+/// The real adapters, connected to the bed.
+pub mod engine {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rbdsnapd::libvirt::{Hypervisor, LibvirtHypervisor};
+    use rbdsnapd::rbd::{CephStore, ImageSpec, ImageStore};
+    use rbdsnapd::snapshot::Settings;
+
+    /// The bed's cluster through the daemon's own image store.
+    pub fn store(ceph: &super::Ceph) -> Arc<dyn ImageStore> {
+        Arc::new(
+            CephStore::connect(std::path::Path::new(&ceph.conf), &ceph.id)
+                .expect("connect to the bed"),
+        )
+    }
+
+    /// A libvirt connection through the daemon's own adapter.
+    pub fn hypervisor(uri: &str) -> Arc<dyn Hypervisor> {
+        Arc::new(LibvirtHypervisor::connect(uri, 5).expect("connect to libvirt"))
+    }
+
+    /// Settings as a test host would configure them.
+    pub fn settings(default_pool: &str) -> Settings {
+        Settings {
+            default_pool: Some(default_pool.to_string()),
+            freeze_deadline: Duration::from_secs(10),
+            agent_timeout: Duration::from_secs(10),
+            call_deadline: Duration::from_secs(60),
+            flatten_deadline: Duration::from_secs(600),
+            clone_format: None,
+        }
+    }
+
+    /// Remove an image a test made, with its snapshots; absent is fine.
+    pub fn remove(store: &Arc<dyn ImageStore>, pool: &str, name: &str) {
+        let spec = ImageSpec::new(pool, name);
+        match rbdsnapd::snapshot::saga::remove_image_and_snapshots(store.as_ref(), &spec) {
+            Ok(()) => {}
+            Err(e) if e.kind == rbdsnapd::rbd::RbdErrorKind::NotFound => {}
+            Err(e) => panic!("clean-up of {spec}: {e}"),
+        }
+    }
+}
+
+impl Ceph {
+    /// Write `data` at `offset` into an existing image (python3-rbd: the
+    /// daemon's own store has no data path, and the CLI cannot write in place).
+    pub fn write_image(&self, image: &str, offset: u64, data: &[u8]) {
+        use std::io::Write;
+        let (pool, name) = image.split_once('/').expect("pool/image");
+        let script = format!(
+            "import sys, rados, rbd\n\
+             c = rados.Rados(conffile={conf:?}, name='client.{id}')\n\
+             c.connect(timeout=30)\n\
+             io = c.open_ioctx({pool:?})\n\
+             img = rbd.Image(io, {name:?})\n\
+             img.write(sys.stdin.buffer.read(), {offset})\n\
+             img.close(); io.close(); c.shutdown()\n",
+            conf = self.conf,
+            id = self.id,
+        );
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(data)
+            .expect("write");
+        assert!(
+            child.wait().expect("python3").success(),
+            "writing into {image} failed"
+        );
+    }
+
+    /// The image's bytes (`pool/image` or `pool/image@snap`).
+    pub fn export(&self, image: &str) -> Vec<u8> {
+        self.rbd(&["export", "--no-progress", image, "-"], None)
+    }
+
+    /// Snapshot names of an image, from the rbd CLI.
+    pub fn snapshots(&self, image: &str) -> Vec<(String, bool)> {
+        let out = self.rbd(&["snap", "ls", "--format", "json", image], None);
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&out).expect("snap ls JSON");
+        list.iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap_or_default().to_string(),
+                    s["protected"] == "true",
+                )
+            })
+            .collect()
+    }
+
+    /// `rbd info` as JSON.
+    pub fn info(&self, image: &str) -> serde_json::Value {
+        serde_json::from_slice(&self.rbd(&["info", "--format", "json", image], None))
+            .expect("info JSON")
+    }
+
+    /// Whether an image exists.
+    pub fn exists(&self, image: &str) -> bool {
+        self.rbd_output(&["info", image], None).status.success()
+    }
+}
