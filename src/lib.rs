@@ -18,8 +18,9 @@
 //! - [`journal`] and [`recovery`]: the fsync'd intent log and what the daemon
 //!   does with it at start (thaw, roll back or finish).
 //! - [`libvirt`]: the hypervisor adapter over the `virt` crate.
-//! - [`rbd`]: the image-store adapter: librados via the `ceph` crate, librbd
-//!   via the project's own small FFI layer. The only home of `unsafe` for Ceph.
+//! - [`rbd`]: the image-store adapter: librados via the `ceph` crate's
+//!   bindings, librbd via the project's own small FFI layer. The only home of
+//!   `unsafe` for Ceph.
 //! - [`systemd`]: readiness, status, watchdog and socket activation.
 //! - [`config`]: the TOML file and command-line overrides, validated at start.
 

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rbdsnapd::libvirt::{AgentChannel, FreezeStatus};
@@ -12,7 +11,7 @@ use rbdsnapd::snapshot::{
 };
 
 /// The tests share one guest: one at a time.
-static GUEST: Mutex<()> = Mutex::new(());
+static GUEST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn request(guest: &common::Guest, image: &str, quiesce: QuiescePolicy) -> SnapshotRequest {
     SnapshotRequest {
@@ -63,7 +62,7 @@ async fn a_file_written_just_before_the_snapshot_is_in_it_and_the_filesystem_is_
     let (Some(ceph), Some(guest)) = (common::ceph(), common::guest()) else {
         return;
     };
-    let _one = GUEST.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = GUEST.lock().await;
     let file = common::unique("rbdsnapd-data");
     let data: Vec<u8> = format!("written by the test, not synced: {file}\n")
         .repeat(2000)
@@ -168,7 +167,7 @@ async fn without_an_agent_required_fails_cleanly_and_preferred_falls_back_to_cra
     let (Some(ceph), Some(guest)) = (common::ceph(), common::guest()) else {
         return;
     };
-    let _one = GUEST.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = GUEST.lock().await;
     stop_agent(&guest, 20);
     let required = common::unique("guest-noagent-required");
     let refused = take(

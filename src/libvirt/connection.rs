@@ -88,8 +88,12 @@ fn looks_like_uuid(s: &str) -> bool {
 
 fn state_of(dom: &Domain, name: &str) -> Result<DomainState, LibvirtError> {
     // state() reports Unknown(-1) rather than failing: ask is_active too
-    let active = dom.is_active().map_err(|e| LibvirtError::from_virt("state", name, &e))?;
-    let (state, _) = dom.state().map_err(|e| LibvirtError::from_virt("state", name, &e))?;
+    let active = dom
+        .is_active()
+        .map_err(|e| LibvirtError::from_virt("state", name, &e))?;
+    let (state, _) = dom
+        .state()
+        .map_err(|e| LibvirtError::from_virt("state", name, &e))?;
     Ok(match state {
         Enum::Known(VirtState::Running) if active => DomainState::Running,
         Enum::Known(VirtState::Paused) if active => DomainState::Paused,
@@ -111,9 +115,14 @@ impl MountArray {
             .iter()
             .map(|m| CString::new(m.as_str()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| LibvirtError::new(op, uuid, LibvirtErrorKind::Other, "NUL in a mount point"))?;
+            .map_err(|_| {
+                LibvirtError::new(op, uuid, LibvirtErrorKind::Other, "NUL in a mount point")
+            })?;
         let ptrs = owned.iter().map(|c| c.as_ptr()).collect();
-        Ok(MountArray { _owned: owned, ptrs })
+        Ok(MountArray {
+            _owned: owned,
+            ptrs,
+        })
     }
 
     fn as_mut_ptr(&mut self) -> *mut *const c_char {
@@ -125,10 +134,17 @@ impl MountArray {
     }
 }
 
-type FsCall = unsafe extern "C" fn(virt::sys::virDomainPtr, *mut *const c_char, c_uint, c_uint) -> i32;
+type FsCall =
+    unsafe extern "C" fn(virt::sys::virDomainPtr, *mut *const c_char, c_uint, c_uint) -> i32;
 
 impl LibvirtHypervisor {
-    fn freeze_or_thaw(&self, op: &'static str, call: FsCall, uuid: &str, mounts: &[String]) -> Result<u32, LibvirtError> {
+    fn freeze_or_thaw(
+        &self,
+        op: &'static str,
+        call: FsCall,
+        uuid: &str,
+        mounts: &[String],
+    ) -> Result<u32, LibvirtError> {
         let dom = self.lookup(uuid)?;
         let mut array = MountArray::new(op, uuid, mounts)?;
         let count = array.ptrs.len() as c_uint;
@@ -137,7 +153,11 @@ impl LibvirtHypervisor {
         // that outlive the call, and libvirt only reads them.
         let ret = unsafe { call(dom.as_ptr(), array.as_mut_ptr(), count, 0) };
         if ret < 0 {
-            return Err(LibvirtError::from_virt(op, uuid, &virt::error::Error::last_error()));
+            return Err(LibvirtError::from_virt(
+                op,
+                uuid,
+                &virt::error::Error::last_error(),
+            ));
         }
         Ok(ret as u32)
     }
@@ -153,7 +173,13 @@ impl Hypervisor for LibvirtHypervisor {
         let live_xml = dom.xml_desc(0).map_err(|e| err("xml", e))?;
         let (disks, agent) = xml::parse(&live_xml)
             .map_err(|m| LibvirtError::new("xml", name_or_uuid, LibvirtErrorKind::BadXml, m))?;
-        Ok(DomainInfo { name, uuid, state, disks, agent })
+        Ok(DomainInfo {
+            name,
+            uuid,
+            state,
+            disks,
+            agent,
+        })
     }
 
     fn set_agent_timeout(&self, uuid: &str, seconds: i32) -> Result<(), LibvirtError> {
@@ -161,7 +187,11 @@ impl Hypervisor for LibvirtHypervisor {
         // SAFETY: `dom` is a live domain handle; the call takes plain integers.
         let ret = unsafe { virt::sys::virDomainAgentSetResponseTimeout(dom.as_ptr(), seconds, 0) };
         if ret < 0 {
-            return Err(LibvirtError::from_virt("agent timeout", uuid, &virt::error::Error::last_error()));
+            return Err(LibvirtError::from_virt(
+                "agent timeout",
+                uuid,
+                &virt::error::Error::last_error(),
+            ));
         }
         Ok(())
     }
@@ -173,7 +203,11 @@ impl Hypervisor for LibvirtHypervisor {
         // sets to an array of `ret` entries it allocated for us.
         let ret = unsafe { virt::sys::virDomainGetFSInfo(dom.as_ptr(), &mut info, 0) };
         if ret < 0 {
-            return Err(LibvirtError::from_virt("fsinfo", uuid, &virt::error::Error::last_error()));
+            return Err(LibvirtError::from_virt(
+                "fsinfo",
+                uuid,
+                &virt::error::Error::last_error(),
+            ));
         }
         let mut result = Vec::with_capacity(ret as usize);
         for i in 0..ret as usize {
@@ -203,10 +237,19 @@ impl Hypervisor for LibvirtHypervisor {
     fn freeze_status(&self, uuid: &str) -> Result<FreezeStatus, LibvirtError> {
         let dom = self.lookup(uuid)?;
         let reply = dom
-            .qemu_agent_command(r#"{"execute":"guest-fsfreeze-status"}"#, self.agent_command_timeout, 0)
+            .qemu_agent_command(
+                r#"{"execute":"guest-fsfreeze-status"}"#,
+                self.agent_command_timeout,
+                0,
+            )
             .map_err(|e| LibvirtError::from_virt("fsfreeze status", uuid, &e))?;
         let value: serde_json::Value = serde_json::from_str(&reply).map_err(|e| {
-            LibvirtError::new("fsfreeze status", uuid, LibvirtErrorKind::Other, format!("agent reply {reply:?}: {e}"))
+            LibvirtError::new(
+                "fsfreeze status",
+                uuid,
+                LibvirtErrorKind::Other,
+                format!("agent reply {reply:?}: {e}"),
+            )
         })?;
         match value.get("return").and_then(|v| v.as_str()) {
             Some("frozen") => Ok(FreezeStatus::Frozen),
@@ -241,5 +284,10 @@ unsafe fn read_fs_info(entry: virt::sys::virDomainFSInfoPtr) -> FsInfo {
         // SAFETY: k < ndevAlias, within the array the caller vouches for.
         .map(|k| text(unsafe { *e.devAlias.add(k) }))
         .collect();
-    FsInfo { mountpoint: text(e.mountpoint), name: text(e.name), fstype: text(e.fstype), disks }
+    FsInfo {
+        mountpoint: text(e.mountpoint),
+        name: text(e.name),
+        fstype: text(e.fstype),
+        disks,
+    }
 }

@@ -56,7 +56,12 @@ impl LibvirtError {
         kind: LibvirtErrorKind,
         message: impl Into<String>,
     ) -> LibvirtError {
-        LibvirtError { op, domain: domain.to_string(), kind, message: message.into() }
+        LibvirtError {
+            op,
+            domain: domain.to_string(),
+            kind,
+            message: message.into(),
+        }
     }
 }
 

@@ -10,7 +10,11 @@ pub const AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
 /// Disks and agent channel of a domain, from its XML.
 pub fn parse(xml: &str) -> Result<(Vec<Disk>, AgentChannel), String> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| format!("domain XML: {e}"))?;
-    let Some(devices) = doc.root_element().children().find(|n| n.has_tag_name("devices")) else {
+    let Some(devices) = doc
+        .root_element()
+        .children()
+        .find(|n| n.has_tag_name("devices"))
+    else {
         return Ok((Vec::new(), AgentChannel::Missing));
     };
     let disks = devices
@@ -25,7 +29,9 @@ pub fn parse(xml: &str) -> Result<(Vec<Disk>, AgentChannel), String> {
         .children()
         .filter(|n| n.has_tag_name("channel"))
         .filter_map(|ch| child(ch, "target"))
-        .find(|t| t.attribute("type") == Some("virtio") && t.attribute("name") == Some(AGENT_CHANNEL))
+        .find(|t| {
+            t.attribute("type") == Some("virtio") && t.attribute("name") == Some(AGENT_CHANNEL)
+        })
         .map_or(AgentChannel::Missing, |t| match t.attribute("state") {
             Some("connected") => AgentChannel::Connected,
             Some("disconnected") => AgentChannel::Disconnected,
@@ -44,7 +50,11 @@ fn parse_disk(disk: roxmltree::Node<'_, '_>) -> Result<Option<Disk>, String> {
         return Ok(None);
     };
     let boot_order = match child(disk, "boot").and_then(|b| b.attribute("order")) {
-        Some(order) => Some(order.parse().map_err(|_| format!("disk {target}: boot order {order:?}"))?),
+        Some(order) => Some(
+            order
+                .parse()
+                .map_err(|_| format!("disk {target}: boot order {order:?}"))?,
+        ),
         None => None,
     };
     let kind = disk.attribute("type").unwrap_or("file");
@@ -73,7 +83,10 @@ fn parse_disk(disk: roxmltree::Node<'_, '_>) -> Result<Option<Disk>, String> {
 }
 
 /// `<source protocol='rbd' name='pool[/namespace]/image[@snap]'>` + hosts + auth.
-fn parse_rbd(disk: roxmltree::Node<'_, '_>, src: roxmltree::Node<'_, '_>) -> Result<RbdSource, String> {
+fn parse_rbd(
+    disk: roxmltree::Node<'_, '_>,
+    src: roxmltree::Node<'_, '_>,
+) -> Result<RbdSource, String> {
     let name = src.attribute("name").ok_or("rbd source without a name")?;
     let (path, mut snapshot) = match name.split_once('@') {
         Some((path, snap)) => (path, Some(snap.to_string())),
@@ -86,10 +99,16 @@ fn parse_rbd(disk: roxmltree::Node<'_, '_>, src: roxmltree::Node<'_, '_>) -> Res
     let (pool, namespace, image) = match parts.as_slice() {
         [pool, image] => (*pool, None, *image),
         [pool, ns, image] => (*pool, Some(ns.to_string()), *image),
-        _ => return Err(format!("rbd source name {name:?} is not pool/[namespace/]image")),
+        _ => {
+            return Err(format!(
+                "rbd source name {name:?} is not pool/[namespace/]image"
+            ))
+        }
     };
     if pool.is_empty() || image.is_empty() {
-        return Err(format!("rbd source name {name:?} has an empty pool or image"));
+        return Err(format!(
+            "rbd source name {name:?} has an empty pool or image"
+        ));
     }
     let hosts = src
         .children()
@@ -144,13 +163,23 @@ mod tests {
         let (disks, agent) = parse(XML).expect("parses");
         assert_eq!(agent, AgentChannel::Connected);
         assert_eq!(disks.len(), 4, "the disk without a target is skipped");
-        let DiskSource::Rbd(a) = &disks[0].source else { panic!("vdb is rbd") };
-        assert_eq!((a.pool.as_str(), a.namespace.as_deref(), a.image.as_str()), ("vms", Some("ns1"), "disk-a"));
+        let DiskSource::Rbd(a) = &disks[0].source else {
+            panic!("vdb is rbd")
+        };
+        assert_eq!(
+            (a.pool.as_str(), a.namespace.as_deref(), a.image.as_str()),
+            ("vms", Some("ns1"), "disk-a")
+        );
         assert_eq!(a.hosts, ["10.0.0.1:6789", "mon2"]);
         assert_eq!(a.auth_user.as_deref(), Some("nova"));
         assert_eq!(disks[0].boot_order, Some(2));
-        let DiskSource::Rbd(b) = &disks[1].source else { panic!("vda is rbd") };
-        assert_eq!((b.image.as_str(), b.snapshot.as_deref()), ("disk-b", Some("base")));
+        let DiskSource::Rbd(b) = &disks[1].source else {
+            panic!("vda is rbd")
+        };
+        assert_eq!(
+            (b.image.as_str(), b.snapshot.as_deref()),
+            ("disk-b", Some("base"))
+        );
         assert_eq!(b.auth_user.as_deref(), Some("admin"));
     }
 
@@ -160,11 +189,17 @@ mod tests {
         assert_eq!(disks[2].device, "cdrom");
         assert_eq!(
             disks[2].source,
-            DiskSource::Other { kind: "file".into(), path: Some("/x.iso".into()) }
+            DiskSource::Other {
+                kind: "file".into(),
+                path: Some("/x.iso".into())
+            }
         );
         assert_eq!(
             disks[3].source,
-            DiskSource::Other { kind: "network/nbd".into(), path: Some("exp".into()) }
+            DiskSource::Other {
+                kind: "network/nbd".into(),
+                path: Some("exp".into())
+            }
         );
     }
 
@@ -174,16 +209,23 @@ mod tests {
             format!("<domain><devices><channel type='unix'><target type='virtio' name='{AGENT_CHANNEL}'{state}/></channel></devices></domain>")
         };
         assert_eq!(parse(&with("")).expect("xml").1, AgentChannel::Unknown);
-        assert_eq!(parse(&with(" state='disconnected'")).expect("xml").1, AgentChannel::Disconnected);
-        assert_eq!(parse("<domain><devices/></domain>").expect("xml").1, AgentChannel::Missing);
+        assert_eq!(
+            parse(&with(" state='disconnected'")).expect("xml").1,
+            AgentChannel::Disconnected
+        );
+        assert_eq!(
+            parse("<domain><devices/></domain>").expect("xml").1,
+            AgentChannel::Missing
+        );
     }
 
     #[test]
     fn malformed_input_is_an_error_not_a_panic() {
         assert!(parse("<domain><devices>").is_err());
         let bad = "<domain><devices><disk type='network'><source protocol='rbd' name='justone'/><target dev='vda'/></disk></devices></domain>";
-        assert!(parse(bad).unwrap_err().contains("pool/[namespace/]image"));
-        let bad_boot = "<domain><devices><disk><target dev='vda'/><boot order='x'/></disk></devices></domain>";
+        assert!(parse(bad).is_err_and(|e| e.contains("pool/[namespace/]image")));
+        let bad_boot =
+            "<domain><devices><disk><target dev='vda'/><boot order='x'/></disk></devices></domain>";
         assert!(parse(bad_boot).is_err());
     }
 }

@@ -1,6 +1,5 @@
-//! The project's own declarations of the librbd C API (and the three
-//! librados calls the `ceph` crate does not offer), limited to what the image
-//! store calls.
+//! The project's own declarations of the librbd and librados C APIs,
+//! limited to what the image store calls.
 //!
 //! No maintained librbd crate exists, so these are written by hand from
 //! `<rbd/librbd.h>` of Ceph Pacific (16.2). `tests/ffi_header.rs` compiles
@@ -9,15 +8,16 @@
 //! memory at run time: keep to the simple shapes that test parses (one item
 //! per `;`, Rust primitive or `std::os::raw` types, pointers, aliases below).
 //!
-//! Everything here is raw: the safe wrappers are in `cluster.rs` and
-//! `image.rs`.
+//! Everything here is raw: the safe wrappers are the sibling modules.
 
 #![allow(non_camel_case_types)]
 
 use std::os::raw::{c_char, c_int, c_void};
 
-pub use ceph::rados::{rados_ioctx_t, rados_t};
-
+/// A librados cluster handle.
+pub type rados_t = *mut c_void;
+/// A librados I/O context (one pool and namespace).
+pub type rados_ioctx_t = *mut c_void;
 /// An open image.
 pub type rbd_image_t = *mut c_void;
 /// A set of image options (for `rbd_clone3`).
@@ -42,7 +42,8 @@ pub const RBD_SNAP_REMOVE_FLATTEN: u32 = 2;
 pub const RBD_SNAP_REMOVE_FORCE: u32 = 3;
 
 /// `rbd_snap_create2` flag: do not ask the image's watchers (QEMU) to
-/// quiesce; rbdsnapd quiesces through the guest agent itself.
+/// quiesce. Beware: librbd 16.2 then reports success even when the snapshot
+/// was not made (seen with the snapshot limit reached).
 pub const RBD_SNAP_CREATE_SKIP_QUIESCE: u32 = 1;
 
 /// Image option: feature bits of the new image.
@@ -149,6 +150,11 @@ extern "C" {
     ) -> c_int;
     pub fn rbd_snap_list_end(snaps: *mut rbd_snap_info_t);
     pub fn rbd_snap_get_limit(image: rbd_image_t, limit: *mut u64) -> c_int;
+    pub fn rbd_snap_get_namespace_type(
+        image: rbd_image_t,
+        snap_id: u64,
+        namespace_type: *mut rbd_snap_namespace_type_t,
+    ) -> c_int;
     pub fn rbd_snap_get_trash_namespace(
         image: rbd_image_t,
         snap_id: u64,
@@ -194,8 +200,8 @@ extern "C" {
     pub fn rbd_metadata_set(image: rbd_image_t, key: *const c_char, value: *const c_char) -> c_int;
 }
 
-// The `ceph` crate lacks the first and declares the others with wider or
-// unit types; ours are checked against the header like the rest.
+// librados comes through the `ceph` crate's bindings (`ceph::rados`); the
+// one call the store needs that the crate (3.2.5) does not declare:
 #[link(name = "rados")]
 extern "C" {
     pub fn rados_get_min_compatible_client(
@@ -203,6 +209,4 @@ extern "C" {
         min_compat_client: *mut i8,
         require_min_compat_client: *mut i8,
     ) -> c_int;
-    pub fn rados_pool_lookup(cluster: rados_t, pool_name: *const c_char) -> i64;
-    pub fn rados_ioctx_set_namespace(io: rados_ioctx_t, nspace: *const c_char);
 }

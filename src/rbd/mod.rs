@@ -1,8 +1,11 @@
 //! The image-store adapter: the [`ImageStore`] and [`Image`] traits the
-//! workflow drives, and their real implementation over Ceph — librados
-//! through the `ceph` crate, librbd through the project's own small
-//! `extern "C"` layer ([`ffi`]) with safe wrappers. Every `unsafe` for Ceph
-//! lives in this module, each with a `// SAFETY:` line.
+//! workflow drives, and their real implementation over Ceph ([`CephStore`]):
+//! librados through the `ceph` crate's bindings (not its safe wrappers, which
+//! leak a cluster handle on a failed connect and double-free on others), and
+//! librbd through the project's own small `extern "C"` layer ([`ffi`],
+//! checked against the installed headers by `tests/ffi_header.rs`), with
+//! safe wrappers over both. Every `unsafe` for Ceph lives in this module,
+//! each with a `// SAFETY:` line.
 //!
 //! The calls block (they wait on the cluster): the workflow runs them off the
 //! async runtime, each with a deadline.
@@ -12,9 +15,11 @@ mod error;
 pub mod ffi;
 mod flatten;
 mod image;
+mod lookup;
+mod store;
 
-pub use cluster::CephStore;
 pub use error::{RbdError, RbdErrorKind};
+pub use store::CephStore;
 
 use std::fmt;
 use std::sync::Arc;

@@ -117,6 +117,9 @@ async fn boot_disk_is_snapshotted_frozen_into_the_parent_pool() {
 #[tokio::test]
 async fn a_failure_at_every_step_leaves_nothing_behind() {
     let points = [
+        "domain",
+        "fsid",
+        "open",
         "snap_create",
         "clone",
         "flatten",
