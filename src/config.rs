@@ -1,7 +1,351 @@
 //! Configuration: a TOML file (default `/etc/rbdsnapd/rbdsnapd.toml`) with
-//! command-line overrides, validated before the daemon binds anything.
-//!
-//! Filled in by the daemon issue: socket path, mode and group, libvirt URI,
-//! ceph.conf and client id, default images pool, quiesce default, freeze
-//! deadline, agent timeout, allowed users and groups, state directory, log
-//! format.
+//! command-line overrides, validated before the daemon binds anything. Every
+//! key is optional; the defaults suit a Nova-like compute node.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::rbd::CloneFormat;
+use crate::snapshot::QuiescePolicy;
+
+/// Where the daemon looks when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/rbdsnapd/rbdsnapd.toml";
+
+/// What is wrong with the configuration, said so an operator can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The Unix socket clients connect to.
+    pub socket: PathBuf,
+    /// Its permission bits, as an octal string ("0660").
+    pub socket_mode: String,
+    /// Group owning the socket (name or gid); unset: the daemon's group.
+    pub socket_group: Option<String>,
+    /// Users (names or uids) allowed to call; root and the daemon's own user
+    /// always are.
+    pub allowed_users: Vec<String>,
+    /// Groups (names or gids) whose members (primary group of the peer)
+    /// are allowed to call.
+    pub allowed_groups: Vec<String>,
+    /// Connections served at once; more are refused.
+    pub max_connections: usize,
+    /// Longest request line; a longer one gets an error and the connection
+    /// is closed.
+    pub max_line_bytes: usize,
+    /// Seconds a connection may stay silent with nothing in flight.
+    pub idle_timeout_secs: f64,
+    /// Where the daemon keeps its state (journal, lock).
+    pub state_dir: PathBuf,
+    /// `auto` (journald under systemd, text on a terminal), `text`, `json`,
+    /// `journald`.
+    pub log_format: LogFormat,
+    /// Seconds running jobs get to finish on SIGTERM before they are
+    /// cancelled (a frozen guest is thawed regardless).
+    pub shutdown_grace_secs: f64,
+    /// libvirt settings.
+    pub libvirt: LibvirtConfig,
+    /// Ceph settings.
+    pub ceph: CephConfig,
+    /// Snapshot workflow settings.
+    pub snapshot: SnapshotConfig,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// journald when started by systemd, text otherwise.
+    Auto,
+    /// Human-readable lines on stderr.
+    Text,
+    /// One JSON object per line on stderr.
+    Json,
+    /// The systemd journal.
+    Journald,
+}
+
+/// `[libvirt]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibvirtConfig {
+    /// Connection URI.
+    pub uri: String,
+    /// Seconds the guest agent may take to answer (libvirt's default is to
+    /// wait forever).
+    pub agent_timeout_secs: f64,
+}
+
+/// `[ceph]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CephConfig {
+    /// ceph.conf (mon addresses, keyring path, client timeouts).
+    pub conf: PathBuf,
+    /// cephx client id, without `client.`.
+    pub client_id: String,
+}
+
+/// `[snapshot]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Destination when the request names no pool and the disk has no parent.
+    pub default_pool: Option<String>,
+    /// Quiesce policy when the request names none.
+    pub quiesce: QuiescePolicy,
+    /// Longest the guest may stay frozen, in seconds.
+    pub freeze_deadline_secs: f64,
+    /// Deadline of each libvirt or Ceph call, in seconds.
+    pub call_timeout_secs: f64,
+    /// Deadline of a whole flatten, in seconds.
+    pub flatten_timeout_secs: f64,
+    /// `auto` (newest the cluster allows), `v1` or `v2`.
+    pub clone_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: PathBuf::from("/run/rbdsnapd/rbdsnapd.sock"),
+            socket_mode: "0660".into(),
+            socket_group: None,
+            allowed_users: Vec::new(),
+            allowed_groups: Vec::new(),
+            max_connections: 1024,
+            max_line_bytes: 64 * 1024,
+            idle_timeout_secs: 600.0,
+            state_dir: PathBuf::from("/var/lib/rbdsnapd"),
+            log_format: LogFormat::Auto,
+            shutdown_grace_secs: 30.0,
+            libvirt: LibvirtConfig::default(),
+            ceph: CephConfig::default(),
+            snapshot: SnapshotConfig::default(),
+        }
+    }
+}
+
+impl Default for LibvirtConfig {
+    fn default() -> Self {
+        LibvirtConfig {
+            uri: "qemu:///system".into(),
+            agent_timeout_secs: 5.0,
+        }
+    }
+}
+
+impl Default for CephConfig {
+    fn default() -> Self {
+        CephConfig {
+            conf: PathBuf::from("/etc/ceph/ceph.conf"),
+            client_id: "admin".into(),
+        }
+    }
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            default_pool: None,
+            quiesce: QuiescePolicy::Preferred,
+            freeze_deadline_secs: 5.0,
+            call_timeout_secs: 30.0,
+            flatten_timeout_secs: 3600.0,
+            clone_format: "auto".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Read `path`; a missing file is an error only when `explicit`.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Config::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Check ranges and consistency; call after overrides.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.socket.as_os_str().is_empty() || !self.socket.is_absolute() {
+            return bad(format!("socket {:?} must be an absolute path", self.socket));
+        }
+        self.socket_mode_bits()?;
+        if self.max_connections == 0 || self.max_line_bytes < 1024 {
+            return bad("max_connections must be > 0 and max_line_bytes >= 1024".into());
+        }
+        for (name, secs, max) in [
+            ("idle_timeout_secs", self.idle_timeout_secs, 86_400.0),
+            ("shutdown_grace_secs", self.shutdown_grace_secs, 3600.0),
+            (
+                "libvirt.agent_timeout_secs",
+                self.libvirt.agent_timeout_secs,
+                600.0,
+            ),
+            (
+                "snapshot.freeze_deadline_secs",
+                self.snapshot.freeze_deadline_secs,
+                600.0,
+            ),
+            (
+                "snapshot.call_timeout_secs",
+                self.snapshot.call_timeout_secs,
+                3600.0,
+            ),
+            (
+                "snapshot.flatten_timeout_secs",
+                self.snapshot.flatten_timeout_secs,
+                7.0 * 86_400.0,
+            ),
+        ] {
+            if !(secs > 0.0 && secs <= max) {
+                return bad(format!("{name} = {secs} must be > 0 and <= {max}"));
+            }
+        }
+        if self.libvirt.uri.is_empty() {
+            return bad("libvirt.uri is empty".into());
+        }
+        if self.ceph.client_id.is_empty() || self.ceph.client_id.starts_with("client.") {
+            return bad(format!(
+                "ceph.client_id {:?} must be the id without \"client.\"",
+                self.ceph.client_id
+            ));
+        }
+        if let Some(pool) = &self.snapshot.default_pool {
+            crate::protocol::check_name("snapshot.default_pool", pool)
+                .map_err(|e| ConfigError::Invalid(e.message))?;
+        }
+        self.clone_format()?;
+        Ok(())
+    }
+
+    /// The socket's permission bits.
+    pub fn socket_mode_bits(&self) -> Result<u32, ConfigError> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "socket_mode {:?} is not octal like \"0660\"",
+                    self.socket_mode
+                ))
+            })
+    }
+
+    /// The clone format override, `None` for `auto`.
+    pub fn clone_format(&self) -> Result<Option<CloneFormat>, ConfigError> {
+        match self.snapshot.clone_format.as_str() {
+            "auto" => Ok(None),
+            "v1" => Ok(Some(CloneFormat::V1)),
+            "v2" => Ok(Some(CloneFormat::V2)),
+            other => Err(ConfigError::Invalid(format!(
+                "snapshot.clone_format {other:?} is not auto, v1 or v2"
+            ))),
+        }
+    }
+
+    /// The workflow settings this configuration asks for.
+    pub fn settings(&self) -> crate::snapshot::Settings {
+        let secs = Duration::from_secs_f64;
+        crate::snapshot::Settings {
+            default_pool: self.snapshot.default_pool.clone(),
+            freeze_deadline: secs(self.snapshot.freeze_deadline_secs),
+            agent_timeout: secs(self.libvirt.agent_timeout_secs),
+            call_deadline: secs(self.snapshot.call_timeout_secs),
+            flatten_deadline: secs(self.snapshot.flatten_timeout_secs),
+            clone_format: self.clone_format().ok().flatten(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_a_full_file_parses() {
+        Config::default().validate().expect("defaults");
+        let cfg = parse(
+            r#"socket = "/tmp/x.sock"
+               allowed_users = ["nova", "1000"]
+               [libvirt]
+               uri = "test:///default"
+               [ceph]
+               conf = "/etc/ceph/c.conf"
+               client_id = "nova"
+               [snapshot]
+               default_pool = "images"
+               quiesce = "required"
+               freeze_deadline_secs = 2.5
+               clone_format = "v1""#,
+        )
+        .expect("valid");
+        assert_eq!(cfg.snapshot.quiesce, QuiescePolicy::Required);
+        assert_eq!(cfg.settings().freeze_deadline, Duration::from_millis(2500));
+        assert_eq!(cfg.clone_format().expect("format"), Some(CloneFormat::V1));
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_the_key_named() {
+        for (text, needle) in [
+            ("sockett = \"/x\"", "sockett"),
+            ("socket = \"relative.sock\"", "absolute"),
+            ("socket_mode = \"999\"", "socket_mode"),
+            (
+                "[snapshot]\nfreeze_deadline_secs = 0",
+                "freeze_deadline_secs",
+            ),
+            ("[snapshot]\nquiesce = \"sometimes\"", "sometimes"),
+            ("[snapshot]\ndefault_pool = \"a/b\"", "default_pool"),
+            ("[ceph]\nclient_id = \"client.admin\"", "client_id"),
+            ("[snapshot]\nclone_format = \"v3\"", "clone_format"),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+}

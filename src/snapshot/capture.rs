@@ -111,13 +111,11 @@ async fn freeze(
         Ok(Ok(n)) => Ok(n),
         Ok(Err(e)) => {
             let mut err = SnapshotError::libvirt(&e);
-            if err.kind != Kind::FreezeTimeout && err.kind != Kind::LibvirtUnavailable {
-                err.kind = if err.kind == Kind::AgentUnavailable {
-                    Kind::AgentUnavailable
-                } else {
-                    Kind::FreezeFailed
-                };
-            }
+            err.kind = match err.kind {
+                kind
+                @ (Kind::FreezeTimeout | Kind::LibvirtUnavailable | Kind::AgentUnavailable) => kind,
+                _ => Kind::FreezeFailed,
+            };
             Err(err)
         }
         Err(_) => Err(SnapshotError::new(

@@ -70,18 +70,6 @@ impl Saga {
         }
     }
 
-    /// The step is complete and its result is kept (or it was cleaned up by
-    /// the workflow itself): nothing to undo for it any more.
-    pub fn forget_temp_snapshot(&mut self, image: &ImageSpec) {
-        self.steps
-            .retain(|u| !matches!(u, Undo::TempSnapshot { image: i, .. } if i.spec() == image));
-    }
-
-    /// Whether anything is recorded.
-    pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
-    }
-
     /// Undo every recorded step, newest first; the failures, in words.
     pub async fn rollback(mut self) -> Vec<String> {
         let mut failures = Vec::new();

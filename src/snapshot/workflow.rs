@@ -98,11 +98,6 @@ impl Job<'_> {
         for disk in &plan.disks {
             self.finish_disk(disk, &temp, keeps_parent).await?;
         }
-        // success: the temporary snapshots are gone (or kept as v1 parents)
-        for disk in &plan.disks {
-            saga.forget_temp_snapshot(disk.source.spec());
-        }
-        *saga = Saga::new(Arc::clone(&self.store), self.settings.call_deadline);
         let timings = Timings {
             freeze_ms: captured.freeze_ms,
             snap_ms: captured.snap_ms,

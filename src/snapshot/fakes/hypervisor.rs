@@ -1,0 +1,88 @@
+//! The fake world as a [`Hypervisor`]: freeze and thaw serialised per
+//! domain like libvirt's agent jobs.
+
+use super::Fake;
+use crate::libvirt::{
+    DomainInfo, FreezeStatus, FsInfo, Hypervisor, LibvirtError, LibvirtErrorKind,
+};
+use std::sync::Arc;
+
+/// The fake as a hypervisor.
+#[derive(Debug, Clone)]
+pub struct FakeHv(pub Arc<Fake>);
+
+impl Hypervisor for FakeHv {
+    fn domain(&self, name_or_uuid: &str) -> Result<DomainInfo, LibvirtError> {
+        self.0.hv_fault("domain")?;
+        let w = self.0.world.lock().expect("world");
+        w.domains
+            .iter()
+            .find(|d| d.name == name_or_uuid || d.uuid == name_or_uuid)
+            .cloned()
+            .ok_or_else(|| {
+                LibvirtError::new(
+                    "lookup",
+                    name_or_uuid,
+                    LibvirtErrorKind::DomainNotFound,
+                    "no domain",
+                )
+            })
+    }
+
+    fn set_agent_timeout(&self, _uuid: &str, _seconds: i32) -> Result<(), LibvirtError> {
+        self.0.hv_fault("agent_timeout")
+    }
+
+    fn fs_info(&self, _uuid: &str) -> Result<Vec<FsInfo>, LibvirtError> {
+        self.0.hv_fault("fs_info")?;
+        Ok(vec![FsInfo {
+            mountpoint: "/".into(),
+            name: "vda1".into(),
+            fstype: "ext4".into(),
+            disks: vec!["vda".into()],
+        }])
+    }
+
+    fn freeze(&self, uuid: &str, _mountpoints: &[String]) -> Result<u32, LibvirtError> {
+        let _job = self.0.agent_job.lock().expect("agent job");
+        self.0.hv_fault("freeze")?;
+        self.0
+            .world
+            .lock()
+            .expect("world")
+            .frozen
+            .insert(uuid.into(), true);
+        Ok(1)
+    }
+
+    fn thaw(&self, uuid: &str, _mountpoints: &[String]) -> Result<u32, LibvirtError> {
+        let _job = self.0.agent_job.lock().expect("agent job");
+        self.0.hv_fault("thaw")?;
+        let was = self
+            .0
+            .world
+            .lock()
+            .expect("world")
+            .frozen
+            .insert(uuid.into(), false);
+        Ok(u32::from(was == Some(true)))
+    }
+
+    fn freeze_status(&self, uuid: &str) -> Result<FreezeStatus, LibvirtError> {
+        self.0.hv_fault("freeze_status")?;
+        let frozen = self
+            .0
+            .world
+            .lock()
+            .expect("world")
+            .frozen
+            .get(uuid)
+            .copied()
+            .unwrap_or(false);
+        Ok(if frozen {
+            FreezeStatus::Frozen
+        } else {
+            FreezeStatus::Thawed
+        })
+    }
+}
