@@ -21,15 +21,24 @@
 //! - [`rbd`]: the image-store adapter: librados via the `ceph` crate's
 //!   bindings, librbd via the project's own small FFI layer. The only home of
 //!   `unsafe` for Ceph.
+//! - [`daemon`]: the daemon's state (backends, jobs, counters) and one
+//!   handler per method; the one mapping of internal errors to the wire.
+//! - [`run`]: the process life: bind, connect, READY, serve, drain on
+//!   SIGTERM. [`logging`]: tracing to the journal, text or JSON.
 //! - [`systemd`]: readiness, status, watchdog and socket activation.
 //! - [`config`]: the TOML file and command-line overrides, validated at start.
+//! - [`client`]: a small blocking client of the socket, for `rbdsnapctl`.
 
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod journal;
 pub mod libvirt;
+pub mod logging;
 pub mod protocol;
 pub mod rbd;
 pub mod recovery;
+pub mod run;
 pub mod server;
 pub mod snapshot;
 pub mod systemd;

@@ -51,6 +51,7 @@ impl Bed {
             req,
             &snapshot::workflow::new_job_id(),
             sink,
+            Default::default(),
         )
         .await;
         let seen = seen.lock().expect("progress").clone();

@@ -41,6 +41,7 @@ async fn take(
         req,
         &snapshot::workflow::new_job_id(),
         sink,
+        Default::default(),
     )
     .await
 }

@@ -45,6 +45,7 @@ async fn go(
         req,
         "job1",
         progress,
+        Default::default(),
     )
     .await
 }
@@ -470,6 +471,7 @@ async fn progress_reports_every_phase_and_flatten_reaches_total() {
         &request(),
         "job1",
         sink,
+        Default::default(),
     )
     .await
     .expect("ok");

@@ -123,6 +123,11 @@ pub struct Progress {
 /// Where progress reports go.
 pub type ProgressSink = Arc<dyn Fn(Progress) + Send + Sync>;
 
+/// Set to ask a running job to stop at its next safe point: before the
+/// freeze, between steps, or inside a flatten — never inside the freeze
+/// window. A stopped job rolls back and fails as `Cancelled`.
+pub type CancelFlag = Arc<std::sync::atomic::AtomicBool>;
+
 /// Wall-clock times of the steps, in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Timings {

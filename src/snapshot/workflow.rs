@@ -1,6 +1,7 @@
 //! The whole job: pre-flight, the freeze window, then clone → flatten →
 //! final snapshot inside Ceph, with every completed step undone on failure.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,7 +10,7 @@ use super::capture::{self, Captured};
 use super::preflight::{self, Plan, PlannedDisk};
 use super::saga::{Saga, Undo};
 use super::{
-    DiskResult, FlattenMode, Phase, Progress, ProgressSink, Settings, SnapshotError,
+    CancelFlag, DiskResult, FlattenMode, Phase, Progress, ProgressSink, Settings, SnapshotError,
     SnapshotErrorKind as Kind, SnapshotRequest, SnapshotResult, Timings, FINAL_SNAPSHOT,
     METADATA_JOB, METADATA_SOURCE, TEMP_SNAPSHOT_PREFIX,
 };
@@ -29,6 +30,7 @@ struct Job<'a> {
     req: &'a SnapshotRequest,
     job_id: &'a str,
     progress: ProgressSink,
+    cancel: CancelFlag,
 }
 
 /// Run one snapshot job to completion, or roll it back.
@@ -39,9 +41,11 @@ pub async fn run(
     req: &SnapshotRequest,
     job_id: &str,
     progress: ProgressSink,
+    cancel: CancelFlag,
 ) -> Result<SnapshotResult, SnapshotError> {
     let started = Instant::now();
     let job = Job {
+        cancel,
         hv,
         store,
         settings,
@@ -51,6 +55,7 @@ pub async fn run(
     };
     job.report(Phase::Preflight, 0, 0);
     let plan = preflight::plan(&job.hv, &job.store, settings, req).await?;
+    job.check_cancelled()?;
     let mut saga = Saga::new(Arc::clone(&job.store), settings.call_deadline);
     match job.execute(&plan, &mut saga, started).await {
         Ok(result) => Ok(result),
@@ -63,6 +68,16 @@ pub async fn run(
 }
 
 impl Job<'_> {
+    fn check_cancelled(&self) -> Result<(), SnapshotError> {
+        if self.cancel.load(Ordering::SeqCst) {
+            return Err(SnapshotError::new(
+                Kind::Cancelled,
+                "the job was cancelled (daemon shutting down or jobs.cancel)",
+            ));
+        }
+        Ok(())
+    }
+
     fn report(&self, phase: Phase, done: u64, total: u64) {
         (self.progress)(Progress { phase, done, total });
     }
@@ -77,6 +92,7 @@ impl Job<'_> {
         self.report(Phase::Freeze, 0, plan.disks.len() as u64);
         let captured =
             capture::capture(&self.hv, plan, self.settings, self.req.quiesce, &temp, saga).await?;
+        self.check_cancelled()?;
         let clone_started = Instant::now();
         self.report(Phase::Clone, 0, plan.disks.len() as u64);
         for (i, disk) in plan.disks.iter().enumerate() {
@@ -92,6 +108,7 @@ impl Job<'_> {
             }
         }
         let flatten_ms = ms(flatten_started);
+        self.check_cancelled()?;
         self.report(Phase::Finish, 0, plan.disks.len() as u64);
         let keeps_parent =
             self.req.flatten == FlattenMode::None && plan.clone_format == CloneFormat::V1;
@@ -170,18 +187,26 @@ impl Job<'_> {
         }
     }
 
+    /// Flatten with progress in bytes (librbd counts objects), stopping
+    /// when the job is cancelled.
     async fn flatten(&self, disk: &PlannedDisk) -> Result<(), SnapshotError> {
         let (store, dest) = (Arc::clone(&self.store), disk.dest.clone());
-        let sink = Arc::clone(&self.progress);
+        let (sink, cancel) = (Arc::clone(&self.progress), Arc::clone(&self.cancel));
         blocking::store("flatten", self.settings.flatten_deadline, move || {
             let image = store.open(&dest)?;
+            let bytes = image.size()?;
             let mut report = move |done: u64, total: u64| {
+                let done_bytes = if total == 0 {
+                    bytes
+                } else {
+                    (u128::from(bytes) * u128::from(done) / u128::from(total)) as u64
+                };
                 sink(Progress {
                     phase: Phase::Flatten,
-                    done,
-                    total,
+                    done: done_bytes,
+                    total: bytes,
                 });
-                true
+                !cancel.load(Ordering::SeqCst)
             };
             image.flatten(&mut report)
         })

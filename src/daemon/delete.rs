@@ -1,0 +1,84 @@
+//! `snapshot.delete`: remove an image this daemon made — and only such an
+//! image, only when nothing depends on it. Every check happens before the
+//! first change, so a refusal changes nothing.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{wire, Daemon};
+use crate::protocol::{ErrorKind, RpcError};
+use crate::rbd::ImageSpec;
+use crate::snapshot::{FINAL_SNAPSHOT, METADATA_JOB};
+
+pub(super) async fn snapshot_delete(
+    daemon: &Arc<Daemon>,
+    pool: String,
+    image: String,
+) -> Result<Value, RpcError> {
+    daemon.refuse_if_shutting_down()?;
+    let store = daemon.backends.store()?;
+    let spec = ImageSpec::new(pool.clone(), image.clone());
+    let deadline = daemon.settings.call_deadline;
+    let call = move || -> Result<(), RpcError> {
+        let img = store.open(&spec).map_err(|e| wire::rbd_error(&e))?;
+        if img
+            .metadata(METADATA_JOB)
+            .map_err(|e| wire::rbd_error(&e))?
+            .is_none()
+        {
+            return Err(RpcError::new(
+                ErrorKind::NotOurs,
+                format!(
+                    "{spec} was not made by rbdsnapd (no {METADATA_JOB} metadata): not deleting it"
+                ),
+            ));
+        }
+        let snaps = img.snapshots().map_err(|e| wire::rbd_error(&e))?;
+        if let Some(other) = snaps.iter().find(|s| *s != FINAL_SNAPSHOT) {
+            return Err(RpcError::new(
+                ErrorKind::ImageInUse,
+                format!(
+                    "{spec} has a snapshot {other:?} besides {FINAL_SNAPSHOT:?}: remove it first"
+                ),
+            ));
+        }
+        if snaps.iter().any(|s| s == FINAL_SNAPSHOT)
+            && img
+                .is_protected(FINAL_SNAPSHOT)
+                .map_err(|e| wire::rbd_error(&e))?
+        {
+            // fails with EBUSY, changing nothing, while clones depend on it
+            img.unprotect_snapshot(FINAL_SNAPSHOT).map_err(|e| {
+                let mut err = wire::rbd_error(&e);
+                if err.kind() == ErrorKind::ImageInUse {
+                    err.message =
+                        format!("{spec}@{FINAL_SNAPSHOT} has clones: flatten or remove them first");
+                }
+                err
+            })?;
+            img.remove_snapshot(FINAL_SNAPSHOT, false)
+                .map_err(|e| wire::rbd_error(&e))?;
+        }
+        drop(img);
+        store.remove_image(&spec).map_err(|e| wire::rbd_error(&e))
+    };
+    match tokio::time::timeout(deadline, tokio::task::spawn_blocking(call)).await {
+        Ok(Ok(Ok(()))) => {
+            tracing::info!(pool = %pool, image = %image, "image deleted");
+            Ok(json!({"pool": pool, "image": image, "deleted": true}))
+        }
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(join)) => Err(RpcError::new(
+            ErrorKind::Internal,
+            format!("delete task failed: {join}"),
+        )),
+        Err(_) => Err(RpcError::new(
+            ErrorKind::CephUnavailable,
+            format!(
+                "delete of {pool}/{image} did not finish within {} s",
+                deadline.as_secs()
+            ),
+        )),
+    }
+}

@@ -1,0 +1,114 @@
+//! The daemon's state and its methods: the backends, the job registry, the
+//! counters, and one handler per method. The server parses and validates a
+//! request into a [`Call`]; [`Daemon::handle`] carries it out.
+
+mod backends;
+mod create;
+mod delete;
+mod jobs;
+mod queries;
+mod stats;
+pub mod wire;
+
+pub use backends::Backends;
+pub use jobs::{JobRecord, JobState, Jobs};
+pub use stats::Stats;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::protocol::{Call, ErrorKind, ProgressParams, RpcError};
+use crate::snapshot::Settings;
+
+/// Where a request's progress notifications go (the request's connection).
+pub type Notify = Arc<dyn Fn(ProgressParams) + Send + Sync>;
+
+/// Everything the methods share.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The validated configuration.
+    pub config: Config,
+    /// Workflow settings derived from it.
+    pub settings: Settings,
+    /// libvirt and Ceph.
+    pub backends: Arc<Backends>,
+    /// Running and recent jobs.
+    pub jobs: Jobs,
+    /// Counters.
+    pub stats: Stats,
+    started: Instant,
+    shutting_down: AtomicBool,
+}
+
+impl Daemon {
+    /// A daemon for `config` (validated), backends not yet connected.
+    pub fn new(config: Config) -> Arc<Daemon> {
+        Arc::new(Daemon {
+            settings: config.settings(),
+            backends: Arc::new(Backends::new(&config)),
+            config,
+            jobs: Jobs::default(),
+            stats: Stats::default(),
+            started: Instant::now(),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Refuse new work from now on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Seconds since start.
+    pub fn uptime_secs(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Carry out one call; `request_id` and `notify` serve progress.
+    pub async fn handle(
+        self: &Arc<Self>,
+        call: Call,
+        request_id: Value,
+        notify: Notify,
+    ) -> Result<Value, RpcError> {
+        let outcome = match call {
+            Call::SnapshotCreate(params) => {
+                create::snapshot_create(self, params, request_id, notify).await
+            }
+            Call::SnapshotDelete { pool, image } => {
+                delete::snapshot_delete(self, pool, image).await
+            }
+            Call::JobsList => queries::jobs_list(self),
+            Call::JobsGet(params) => queries::jobs_get(self, &params.job_id),
+            Call::DomainDisks(params) => queries::domain_disks(self, params.domain).await,
+            Call::DaemonStatus => queries::daemon_status(self),
+        };
+        self.stats.answered(outcome.is_err());
+        outcome
+    }
+
+    fn refuse_if_shutting_down(&self) -> Result<(), RpcError> {
+        if self.is_shutting_down() {
+            return Err(RpcError::new(
+                ErrorKind::ShuttingDown,
+                "the daemon is shutting down; retry when it is back",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Serialize a result that cannot fail to serialize (plain data).
+fn to_value<T: serde::Serialize>(value: &T) -> Result<Value, RpcError> {
+    serde_json::to_value(value)
+        .map_err(|e| RpcError::new(ErrorKind::Internal, format!("result encoding: {e}")))
+}

@@ -1,0 +1,73 @@
+//! The read-only methods: `jobs.list`, `jobs.get`, `domain.disks`,
+//! `daemon.status`.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{to_value, wire, Daemon};
+use crate::protocol::{ErrorKind, RpcError};
+use crate::snapshot::preflight::boot_disk;
+
+pub(super) fn jobs_list(daemon: &Daemon) -> Result<Value, RpcError> {
+    Ok(json!({ "jobs": to_value(&daemon.jobs.list())? }))
+}
+
+pub(super) fn jobs_get(daemon: &Daemon, job_id: &str) -> Result<Value, RpcError> {
+    match daemon.jobs.get(job_id) {
+        Some(job) => to_value(&job),
+        None => Err(RpcError::new(
+            ErrorKind::JobNotFound,
+            format!("no job {job_id:?} (finished jobs are kept for the last 256 only, and not across restarts)"),
+        )),
+    }
+}
+
+pub(super) async fn domain_disks(daemon: &Arc<Daemon>, domain: String) -> Result<Value, RpcError> {
+    let hv = daemon.backends.hypervisor()?;
+    let deadline = daemon.settings.call_deadline;
+    let info = match tokio::time::timeout(
+        deadline,
+        tokio::task::spawn_blocking(move || hv.domain(&domain)),
+    )
+    .await
+    {
+        Ok(Ok(Ok(info))) => info,
+        Ok(Ok(Err(e))) => return Err(wire::libvirt_error(&e)),
+        Ok(Err(join)) => {
+            return Err(RpcError::new(
+                ErrorKind::Internal,
+                format!("lookup task failed: {join}"),
+            ))
+        }
+        Err(_) => {
+            return Err(RpcError::new(
+                ErrorKind::LibvirtUnavailable,
+                "libvirt did not answer in time",
+            ))
+        }
+    };
+    let boot = boot_disk(&info).map(|d| d.target.clone());
+    let mut value = to_value(&info)?;
+    value["boot_disk"] = json!(boot);
+    Ok(value)
+}
+
+pub(super) fn daemon_status(daemon: &Daemon) -> Result<Value, RpcError> {
+    let libvirt = daemon.backends.libvirt_status();
+    let ceph = daemon.backends.ceph_status();
+    let fsid = daemon.backends.store().ok().and_then(|s| s.fsid().ok());
+    Ok(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": daemon.uptime_secs(),
+        "degraded": !(libvirt.connected && ceph.connected),
+        "shutting_down": daemon.is_shutting_down(),
+        "libvirt": { "uri": daemon.backends.libvirt_uri(), "connected": libvirt.connected, "error": libvirt.error },
+        "ceph": {
+            "conf": daemon.backends.ceph_conf(), "connected": ceph.connected, "fsid": fsid, "error": ceph.error,
+        },
+        "jobs_in_flight": daemon.jobs.running(),
+        "counters": to_value(&daemon.stats.counters())?,
+        "freeze_window_ms": to_value(&daemon.stats.freeze_windows())?,
+    }))
+}

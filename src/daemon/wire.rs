@@ -1,0 +1,68 @@
+//! The one place internal errors become wire errors: every workflow,
+//! image-store and hypervisor failure maps to a stable [`ErrorKind`] here.
+
+use crate::libvirt::{LibvirtError, LibvirtErrorKind};
+use crate::protocol::{ErrorKind, RpcError};
+use crate::rbd::{RbdError, RbdErrorKind};
+use crate::snapshot::{SnapshotError, SnapshotErrorKind};
+
+/// A failed snapshot job, with its id and any undo that failed.
+pub fn snapshot_error(err: &SnapshotError, job_id: &str) -> RpcError {
+    use SnapshotErrorKind as S;
+    let kind = match err.kind {
+        S::InvalidParams => ErrorKind::InvalidParams,
+        S::DomainNotFound => ErrorKind::DomainNotFound,
+        S::DomainNotRunning => ErrorKind::DomainNotRunning,
+        S::DiskNotFound => ErrorKind::DiskNotFound,
+        S::DiskNotRbd => ErrorKind::DiskNotRbd,
+        S::PoolNotFound => ErrorKind::PoolNotFound,
+        S::NoDestinationPool => ErrorKind::NoDestinationPool,
+        S::ImageExists => ErrorKind::ImageExists,
+        S::SnapshotLimit => ErrorKind::SnapshotLimit,
+        S::AgentUnavailable => ErrorKind::AgentUnavailable,
+        S::FreezeFailed => ErrorKind::FreezeFailed,
+        S::FreezeTimeout => ErrorKind::FreezeTimeout,
+        S::ThawFailed => ErrorKind::ThawFailed,
+        S::LibvirtUnavailable => ErrorKind::LibvirtUnavailable,
+        S::CephUnavailable => ErrorKind::CephUnavailable,
+        S::Timeout => ErrorKind::Timeout,
+        S::Cancelled => ErrorKind::Cancelled,
+        S::Libvirt => ErrorKind::LibvirtError,
+        S::Ceph => ErrorKind::CephError,
+    };
+    let mut wire = RpcError::new(kind, err.to_string());
+    wire.data.job_id = Some(job_id.to_string());
+    wire.data.rollback_failures = err.rollback_failures.clone();
+    wire
+}
+
+/// A failed image-store call outside a job (`snapshot.delete`).
+pub fn rbd_error(err: &RbdError) -> RpcError {
+    let kind = match err.kind {
+        RbdErrorKind::NotFound => ErrorKind::ImageNotFound,
+        RbdErrorKind::Exists => ErrorKind::ImageExists,
+        RbdErrorKind::InUse => ErrorKind::ImageInUse,
+        RbdErrorKind::LimitReached => ErrorKind::SnapshotLimit,
+        RbdErrorKind::TimedOut | RbdErrorKind::Unavailable => ErrorKind::CephUnavailable,
+        RbdErrorKind::Cancelled => ErrorKind::Cancelled,
+        RbdErrorKind::PermissionDenied | RbdErrorKind::Invalid | RbdErrorKind::Other => {
+            ErrorKind::CephError
+        }
+    };
+    RpcError::new(kind, err.to_string())
+}
+
+/// A failed hypervisor call outside a job (`domain.disks`).
+pub fn libvirt_error(err: &LibvirtError) -> RpcError {
+    let kind = match err.kind {
+        LibvirtErrorKind::DomainNotFound => ErrorKind::DomainNotFound,
+        LibvirtErrorKind::NotRunning => ErrorKind::DomainNotRunning,
+        LibvirtErrorKind::AgentUnavailable => ErrorKind::AgentUnavailable,
+        LibvirtErrorKind::AgentTimeout => ErrorKind::Timeout,
+        LibvirtErrorKind::Unavailable => ErrorKind::LibvirtUnavailable,
+        LibvirtErrorKind::Unsupported | LibvirtErrorKind::BadXml | LibvirtErrorKind::Other => {
+            ErrorKind::LibvirtError
+        }
+    };
+    RpcError::new(kind, err.to_string())
+}

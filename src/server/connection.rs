@@ -1,0 +1,254 @@
+//! One client connection: credentials first, then requests read as lines
+//! (bounded in size), each handled in its own task so that several can be in
+//! flight; answers and progress notifications leave through one writer.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::task::JoinSet;
+
+use super::Shared;
+use crate::daemon::Notify;
+use crate::protocol::{Call, ErrorKind, Notification, Request, Response, RpcError, JSONRPC};
+
+/// What reading the next request produced.
+enum Next {
+    /// A whole line (without its `\n`).
+    Line(Vec<u8>),
+    /// The line exceeded the limit.
+    TooLong,
+    /// The peer closed its side.
+    Eof,
+}
+
+pub(super) async fn serve(
+    stream: UnixStream,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let cred = stream.peer_cred().ok();
+    let (read, write) = stream.into_split();
+    let (out, queue) = mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(write_lines(write, queue));
+    let allowed = cred.is_some_and(|c| shared.access.allows(c.uid(), c.gid(), c.pid()));
+    if !allowed {
+        let (uid, gid) = cred
+            .map(|c| (c.uid(), c.gid()))
+            .unwrap_or((u32::MAX, u32::MAX));
+        tracing::warn!(
+            uid,
+            gid,
+            "refused a peer not in allowed_users/allowed_groups"
+        );
+        let msg = format!(
+            "uid {uid} gid {gid} may not use this socket (see allowed_users and allowed_groups)"
+        );
+        send(
+            &out,
+            &Response::err(Value::Null, RpcError::new(ErrorKind::PermissionDenied, msg)),
+        );
+    } else {
+        read_requests(read, &shared, &out, &mut shutdown).await;
+    }
+    drop(out);
+    let _ = writer.await;
+}
+
+async fn read_requests(
+    read: OwnedReadHalf,
+    shared: &Arc<Shared>,
+    out: &mpsc::UnboundedSender<String>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let mut reader = BufReader::new(read);
+    let mut buf = Vec::new();
+    let mut in_flight = JoinSet::new();
+    loop {
+        while in_flight.try_join_next().is_some() {}
+        let next = tokio::select! {
+            next = tokio::time::timeout(shared.idle, next_line(&mut reader, &mut buf, shared.max_line)) => next,
+            _ = shutdown.changed() => break,
+        };
+        match next {
+            Err(_idle) if in_flight.is_empty() => break,
+            Err(_idle) => continue,
+            Ok(Err(_)) | Ok(Ok(Next::Eof)) => break,
+            Ok(Ok(Next::TooLong)) => {
+                let msg = format!(
+                    "request line longer than {} bytes; closing the connection",
+                    shared.max_line
+                );
+                send(
+                    out,
+                    &Response::err(Value::Null, RpcError::new(ErrorKind::RequestTooLarge, msg)),
+                );
+                break;
+            }
+            Ok(Ok(Next::Line(line))) if line.iter().all(u8::is_ascii_whitespace) => {}
+            Ok(Ok(Next::Line(line))) => {
+                in_flight.spawn(handle_line(line, Arc::clone(shared), out.clone()));
+            }
+        }
+    }
+    // answers to what was asked still go out before the connection closes
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Read up to `\n`, never buffering more than `limit` bytes of one line.
+/// Cancel-safe: a partial line stays in `buf` for the next call.
+async fn next_line(
+    reader: &mut BufReader<OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<Next> {
+    loop {
+        let room = (limit + 1).saturating_sub(buf.len()) as u64;
+        let read = (&mut *reader).take(room).read_until(b'\n', buf).await?;
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            return Ok(Next::Line(std::mem::take(buf)));
+        }
+        if buf.len() > limit {
+            return Ok(Next::TooLong);
+        }
+        if read == 0 {
+            // a last request without its newline still counts
+            return Ok(if buf.is_empty() {
+                Next::Eof
+            } else {
+                Next::Line(std::mem::take(buf))
+            });
+        }
+    }
+}
+
+async fn write_lines(mut write: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<String>) {
+    while let Some(line) = queue.recv().await {
+        if write.write_all(line.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+fn send<T: serde::Serialize>(out: &mpsc::UnboundedSender<String>, message: &T) {
+    if let Ok(mut line) = serde_json::to_string(message) {
+        line.push('\n');
+        let _ = out.send(line);
+    }
+}
+
+/// One request: parse fully, validate, act, answer.
+async fn handle_line(line: Vec<u8>, shared: Arc<Shared>, out: mpsc::UnboundedSender<String>) {
+    let (id, call) = match parse(&line) {
+        Ok(parsed) => parsed,
+        Err(refused) => {
+            let (id, error) = *refused;
+            shared.daemon.stats.answered(true);
+            send(&out, &Response::err(id, error));
+            return;
+        }
+    };
+    let progress_out = out.clone();
+    let notify: Notify =
+        Arc::new(move |params| send(&progress_out, &Notification::progress(params)));
+    let response = match shared.daemon.handle(call, id.clone(), notify).await {
+        Ok(result) => Response::ok(id, result),
+        Err(error) => Response::err(id, error),
+    };
+    send(&out, &response);
+}
+
+/// A request refused before it reached the daemon: the id to answer (null
+/// when unreadable) and why.
+type Refusal = Box<(Value, RpcError)>;
+
+fn refuse(id: &Value, kind: ErrorKind, msg: impl Into<String>) -> Refusal {
+    Box::new((id.clone(), RpcError::new(kind, msg)))
+}
+
+/// The request's id (for the answer) and its call, or the error to answer.
+fn parse(line: &[u8]) -> Result<(Value, Call), Refusal> {
+    use ErrorKind::InvalidRequest;
+    let null = Value::Null;
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|e| refuse(&null, ErrorKind::ParseError, format!("not valid JSON: {e}")))?;
+    let id = match &value {
+        Value::Object(obj) => obj.get("id").cloned().unwrap_or(Value::Null),
+        Value::Array(_) => {
+            let msg = "batch requests are not supported: send one object per line";
+            return Err(refuse(&null, InvalidRequest, msg));
+        }
+        _ => {
+            return Err(refuse(
+                &null,
+                InvalidRequest,
+                "a request must be a JSON object",
+            ))
+        }
+    };
+    if !(id.is_string() || id.is_number()) {
+        let msg = "the request needs an \"id\" (a string or a number)";
+        return Err(refuse(&null, InvalidRequest, msg));
+    }
+    let request: Request = serde_json::from_value(value)
+        .map_err(|e| refuse(&id, InvalidRequest, format!("not a JSON-RPC request: {e}")))?;
+    if request.jsonrpc != JSONRPC {
+        return Err(refuse(&id, InvalidRequest, "\"jsonrpc\" must be \"2.0\""));
+    }
+    let call =
+        Call::parse(&request.method, request.params).map_err(|e| Box::new((id.clone(), e)))?;
+    Ok((id, call))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(line: &[u8]) -> ErrorKind {
+        parse(line)
+            .map(|_| ErrorKind::Internal)
+            .unwrap_or_else(|refused| refused.1.kind())
+    }
+
+    #[test]
+    fn malformed_requests_get_the_documented_kinds() {
+        assert_eq!(kind(b"{"), ErrorKind::ParseError);
+        assert_eq!(kind(b"\xff\xfe"), ErrorKind::ParseError);
+        assert_eq!(kind(&[b'['; 1000]), ErrorKind::ParseError);
+        assert_eq!(kind(b"[]"), ErrorKind::InvalidRequest);
+        assert_eq!(kind(b"42"), ErrorKind::InvalidRequest);
+        assert_eq!(
+            kind(br#"{"jsonrpc":"2.0","method":"daemon.status"}"#),
+            ErrorKind::InvalidRequest
+        );
+        assert_eq!(
+            kind(br#"{"jsonrpc":"1.0","id":1,"method":"daemon.status"}"#),
+            ErrorKind::InvalidRequest
+        );
+        assert_eq!(
+            kind(br#"{"jsonrpc":"2.0","id":1,"method":"daemon.status","x":1}"#),
+            ErrorKind::InvalidRequest
+        );
+        assert_eq!(
+            kind(br#"{"jsonrpc":"2.0","id":1,"method":7}"#),
+            ErrorKind::InvalidRequest
+        );
+        assert_eq!(
+            kind(br#"{"jsonrpc":"2.0","id":1,"method":"nope"}"#),
+            ErrorKind::MethodNotFound
+        );
+        assert_eq!(
+            kind(br#"{"jsonrpc":"2.0","id":1,"method":"daemon.status","params":[1]}"#),
+            ErrorKind::InvalidParams
+        );
+        let (id, _) =
+            parse(br#"{"jsonrpc":"2.0","id":"a","method":"daemon.status"}"#).expect("valid");
+        assert_eq!(id, Value::from("a"));
+    }
+}

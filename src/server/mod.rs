@@ -1,0 +1,77 @@
+//! The Unix socket server: accepts connections (up to the configured
+//! number), checks each peer's credentials, frames requests as lines with a
+//! size limit, and hands each parsed request to the daemon — several in
+//! flight per connection, answered by id.
+
+mod connection;
+pub mod listener;
+pub mod peer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::daemon::Daemon;
+use crate::protocol::{ErrorKind, Response, RpcError};
+
+pub use peer::Access;
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The daemon's state and methods.
+    pub daemon: Arc<Daemon>,
+    /// Who may call.
+    pub access: Access,
+    /// Longest request line.
+    pub max_line: usize,
+    /// Silence after which an idle connection is closed.
+    pub idle: Duration,
+}
+
+/// Serve `listener` until `shutdown` turns true, then stop accepting and
+/// wait for every connection to answer what it has in flight.
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(shared.daemon.config.max_connections));
+    let mut connections = JoinSet::new();
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(slot) => {
+                        connections.spawn(connection::serve(stream, Arc::clone(&shared), shutdown.clone(), slot));
+                    }
+                    Err(_) => {
+                        tokio::spawn(refuse(stream));
+                    }
+                },
+                Err(e) => {
+                    // out of descriptors and the like: back off, keep serving
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Past the connection limit: say so, then close.
+async fn refuse(mut stream: tokio::net::UnixStream) {
+    let error = RpcError::new(
+        ErrorKind::TooManyConnections,
+        "too many connections; retry later",
+    );
+    let mut line =
+        serde_json::to_string(&Response::err(serde_json::Value::Null, error)).unwrap_or_default();
+    line.push('\n');
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(line.as_bytes())).await;
+}
