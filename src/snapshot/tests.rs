@@ -496,3 +496,46 @@ async fn progress_reports_every_phase_and_flatten_reaches_total() {
     assert_eq!(last_flatten.done, last_flatten.total);
     let _ = UUID;
 }
+
+#[tokio::test]
+async fn a_cancel_during_the_flatten_rolls_everything_back() {
+    let fake = Fake::standard();
+    let cancel = CancelFlag::default();
+    let flag = Arc::clone(&cancel);
+    let sink: ProgressSink = Arc::new(move |p: Progress| {
+        if p.phase == Phase::Flatten {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let hv = Arc::new(FakeHv(Arc::clone(&fake)));
+    let store = Arc::new(FakeStore(Arc::clone(&fake)));
+    let err = run(hv, store, &settings(), &request(), "job1", sink, cancel)
+        .await
+        .expect_err("cancelled");
+    assert_eq!(err.kind, SnapshotErrorKind::Cancelled, "{err}");
+    assert!(err.rollback_failures.is_empty(), "{err}");
+    assert_untouched(&fake, "cancel");
+}
+
+#[tokio::test]
+async fn a_job_cancelled_before_it_starts_touches_nothing() {
+    let fake = Fake::standard();
+    let cancel = CancelFlag::default();
+    cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+    let hv = Arc::new(FakeHv(Arc::clone(&fake)));
+    let store = Arc::new(FakeStore(Arc::clone(&fake)));
+    let err = run(
+        hv,
+        store,
+        &settings(),
+        &request(),
+        "job1",
+        Arc::new(|_| {}),
+        cancel,
+    )
+    .await
+    .expect_err("cancelled");
+    assert_eq!(err.kind, SnapshotErrorKind::Cancelled);
+    assert!(fake.log().iter().all(|l| l != "freeze"));
+    assert_untouched(&fake, "early cancel");
+}
