@@ -56,7 +56,16 @@ pub(super) async fn snapshot_create(
                 }
             };
             daemon.jobs.finish(&job_id, &wire_outcome);
-            wire_outcome
+            let refused = daemon.jobs.get(&job_id).is_some_and(|j| j.phase == Phase::Preflight);
+            match wire_outcome {
+                Err(mut error) if refused => {
+                    // refused before touching anything: no job to look up later
+                    daemon.jobs.forget(&job_id);
+                    error.data.job_id = None;
+                    Err(error)
+                }
+                other => other,
+            }
         }
         .instrument(span)
     };

@@ -147,6 +147,14 @@ impl Jobs {
         self.ended.notify_waiters();
     }
 
+    /// Forget a job that never got past pre-flight: a refusal is not a job
+    /// worth listing.
+    pub fn forget(&self, job_id: &str) {
+        let mut inner = self.lock();
+        inner.jobs.remove(job_id);
+        inner.finished.retain(|id| id != job_id);
+    }
+
     /// Every known job, oldest first.
     pub fn list(&self) -> Vec<JobRecord> {
         let mut jobs: Vec<JobRecord> = self.lock().jobs.values().cloned().collect();

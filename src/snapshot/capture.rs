@@ -28,7 +28,8 @@ pub struct Captured {
     pub snap_ms: u64,
     /// Milliseconds of the thaw call(s).
     pub thaw_ms: u64,
-    /// Milliseconds from the freeze call to the thaw's return.
+    /// Milliseconds from the freeze call to the thaw's return (0 when no
+    /// freeze was attempted).
     pub window_ms: u64,
 }
 
@@ -97,7 +98,12 @@ pub async fn capture(
         freeze_ms,
         snap_ms,
         thaw_ms: ms(thaw_started.elapsed()),
-        window_ms: ms(window.elapsed()),
+        // never frozen: no window, only the snapshot calls (snap_ms)
+        window_ms: if attempt_freeze {
+            ms(window.elapsed())
+        } else {
+            0
+        },
     })
 }
 
