@@ -76,7 +76,7 @@ def cmd_up(args):
         env.update(cluster_env(cluster, args.mgr))
         env.update(testdriver.create(root, cluster))
         if not args.no_libvirtd:
-            timed("libvirtd", timings, lambda: libvirtd.ensure_running(state))
+            timed("libvirtd", timings, lambda: libvirtd.ensure_running(state, root))
             env["RBDSNAPD_TEST_LIBVIRT_URI"] = libvirtd.URI
             if not args.no_guest:
                 env.update(timed("guest agent", timings,

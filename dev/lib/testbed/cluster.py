@@ -118,6 +118,9 @@ class Cluster:
             f"keyring = {r}/mgr.$id/keyring",
             "",
             "[client]",
+            # one admin socket per client process: the daemon, the CLI and
+            # the tests would otherwise fight over client.admin.asok
+            f"admin socket = {r}/run/$name.$pid.asok",
             # a one-OSD cluster never marks a killed OSD down: without these,
             # client calls would hang forever on a dead OSD or mon
             "rados osd op timeout = 10",

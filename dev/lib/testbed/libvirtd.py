@@ -1,10 +1,14 @@
 """A real libvirtd + virtlogd, started without systemd.
 
 libvirtd is machine-wide (its sockets live in /run/libvirt): if one already
-answers we use it and leave it alone; otherwise we start virtlogd and libvirtd
-and record their pids so that `down` stops exactly what we started.
+answers we use it; otherwise we start virtlogd and libvirtd. Beds register
+as users in /run/rbdsnapd-testbed/libvirtd.json, and the last bed out stops
+the daemons a bed started (never one that was running before any bed).
 """
+import contextlib
+import fcntl
 import grp
+import json
 import os
 import socket
 
@@ -41,21 +45,47 @@ def fix_kvm_permissions():
         pass
 
 
-def ensure_running(state):
+# libvirtd is shared by every bed on the machine: a registry of the beds
+# using it, so that the last one out stops it (and only if a bed started it).
+REGISTRY = "/run/rbdsnapd-testbed/libvirtd.json"
+
+
+@contextlib.contextmanager
+def registry():
+    """The registry, locked against other beds for the duration."""
+    os.makedirs(os.path.dirname(REGISTRY), exist_ok=True)
+    with open(REGISTRY + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(REGISTRY) as f:
+                reg = json.load(f)
+        except (OSError, ValueError):
+            reg = {"started": {}, "users": []}
+        # a bed removed without `down` (a killed run) no longer counts
+        reg["users"] = [u for u in reg["users"] if os.path.exists(os.path.join(u, "state.json"))]
+        if not any(procs.alive(pid) for pid in reg["started"].values()):
+            reg["started"] = {}
+        yield reg
+        with open(REGISTRY + ".tmp", "w") as f:
+            json.dump(reg, f)
+        os.replace(REGISTRY + ".tmp", REGISTRY)
+
+
+def ensure_running(state, root):
     fix_kvm_permissions()
-    record = {"started": {}}
-    state.set("libvirtd", record)
     os.makedirs("/run/libvirt", exist_ok=True)
     logdir = "/var/log/libvirt"
     os.makedirs(logdir, exist_ok=True)
-    if not answers(VIRTLOGD_SOCK):
-        pid = procs.spawn(["virtlogd"], os.path.join(logdir, "virtlogd.stdout"))
-        state.update("libvirtd", lambda r: r["started"].__setitem__("virtlogd", pid))
-        procs.wait_for("virtlogd", lambda: answers(VIRTLOGD_SOCK), 30)
-    if not answers(LIBVIRT_SOCK):
-        pid = procs.spawn(["libvirtd"], os.path.join(logdir, "libvirtd.stdout"))
-        state.update("libvirtd", lambda r: r["started"].__setitem__("libvirtd", pid))
-        procs.wait_for("libvirtd socket", lambda: answers(LIBVIRT_SOCK), 60)
+    with registry() as reg:
+        if not answers(VIRTLOGD_SOCK):
+            reg["started"]["virtlogd"] = procs.spawn(["virtlogd"], os.path.join(logdir, "virtlogd.stdout"))
+            procs.wait_for("virtlogd", lambda: answers(VIRTLOGD_SOCK), 30)
+        if not answers(LIBVIRT_SOCK):
+            reg["started"]["libvirtd"] = procs.spawn(["libvirtd"], os.path.join(logdir, "libvirtd.stdout"))
+            procs.wait_for("libvirtd socket", lambda: answers(LIBVIRT_SOCK), 60)
+        if root not in reg["users"]:
+            reg["users"].append(root)
+    state.set("libvirtd", {"user": root})
     # the socket answers before the QEMU driver has probed capabilities
     # (8-60 s on a cold cache): wait until a real call succeeds
     import libvirt
@@ -71,9 +101,13 @@ def ensure_running(state):
 
 
 def down(record):
+    """Leave the registry; the last bed out stops what a bed started."""
     if not record:
         return
-    started = record.get("started", {})
-    for name in ("libvirtd", "virtlogd"):
-        if name in started:
-            procs.stop(started[name], name)
+    with registry() as reg:
+        reg["users"] = [u for u in reg["users"] if u != record.get("user")]
+        if reg["users"]:
+            return
+        for name in ("libvirtd", "virtlogd"):
+            if name in reg["started"]:
+                procs.stop(reg["started"].pop(name), name)
