@@ -32,10 +32,23 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-/// The interval to send WATCHDOG=1 at (half of WatchdogSec), when enabled.
+/// The interval to send WATCHDOG=1 at (half of WatchdogSec), when enabled:
+/// as sd_watchdog_enabled(3), WATCHDOG_USEC set and positive, and
+/// WATCHDOG_PID, when set, this process (the sd-notify crate also refuses
+/// an unset WATCHDOG_PID, which libsystemd accepts).
 pub fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0;
-    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
+    let usec: u64 = std::env::var("WATCHDOG_USEC")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|usec| *usec > 0)?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    Some(Duration::from_micros(usec / 2))
 }
 
 /// Send WATCHDOG=1 every `interval` until `shutdown` fires.

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // each test binary uses its own subset of the helpers
 
+pub mod daemon;
+
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
