@@ -13,6 +13,10 @@ use crate::snapshot::QuiescePolicy;
 /// Where the daemon looks when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/rbdsnapd/rbdsnapd.toml";
 
+/// The daemon's exit status for a configuration it refuses (sysexits'
+/// EX_CONFIG): the systemd unit does not restart on it.
+pub const EXIT_CONFIG: u8 = 78;
+
 /// What is wrong with the configuration, said so an operator can fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -50,8 +54,8 @@ pub struct Config {
     /// Users (names or uids) allowed to call; root and the daemon's own user
     /// always are.
     pub allowed_users: Vec<String>,
-    /// Groups (names or gids) whose members (primary group of the peer)
-    /// are allowed to call.
+    /// Groups (names or gids) whose members (primary or supplementary group
+    /// of the peer) are allowed to call.
     pub allowed_groups: Vec<String>,
     /// Connections served at once; more are refused.
     pub max_connections: usize,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rbdsnapd::config::{Config, LogFormat, DEFAULT_PATH};
+use rbdsnapd::config::{Config, LogFormat, DEFAULT_PATH, EXIT_CONFIG};
 use rbdsnapd::snapshot::QuiescePolicy;
 
 /// Command line: a config file, and overrides of its most used keys.
@@ -97,10 +97,10 @@ fn main() -> ExitCode {
     let check_only = args.check_config;
     let config = match Config::load(&path, explicit).map(|c| args.apply(c)) {
         Ok(config) => config,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return config_error(e),
     };
     if let Err(e) = config.validate() {
-        return fail(e.to_string());
+        return config_error(e);
     }
     if check_only {
         println!("{config:#?}");
@@ -116,8 +116,14 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(rbdsnapd::run::run(config, activated)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(rbdsnapd::run::RunError::Config(e)) => config_error(e),
         Err(e) => fail(e.to_string()),
     }
+}
+
+fn config_error(e: rbdsnapd::config::ConfigError) -> ExitCode {
+    fail(e.to_string());
+    ExitCode::from(EXIT_CONFIG)
 }
 
 fn fail(message: String) -> ExitCode {
