@@ -1,4 +1,239 @@
-//! Start-up recovery: before READY=1, thaw every domain the journal records
-//! as maybe frozen, and roll back or finish every unfinished job; sweep
-//! temporary snapshots of ours that no journal knows. Built by the
-//! crash-safety issue.
+//! Start-up recovery from the journal: for every job the journal shows
+//! unfinished, thaw the guest first if it may be frozen (and ask the agent),
+//! then roll back what the job may have left in Ceph — a partial clone (only
+//! an image that is provably this job's: its metadata names the job, or its
+//! parent is the job's temporary snapshot) and the temporary snapshot — or,
+//! when every image was finished, record the job as done. What needs a
+//! backend that is down stays pending and is retried, never dropped.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::journal::{Outcome, Record};
+use crate::libvirt::{FreezeStatus, Hypervisor, LibvirtErrorKind};
+use crate::protocol::{ErrorKind, RpcError};
+use crate::rbd::{ImageSpec, ImageStore, RbdErrorKind};
+use crate::snapshot::{saga, Step, FINAL_SNAPSHOT, METADATA_JOB};
+
+/// One unfinished job, as the journal tells it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trail {
+    /// The job.
+    pub job_id: String,
+    /// Its idempotency key.
+    pub request_id: Option<String>,
+    /// Its params, as received.
+    pub params: Value,
+    /// Its domain.
+    pub domain_uuid: String,
+    /// Steps recorded, oldest first.
+    pub steps: Vec<Step>,
+}
+
+impl Trail {
+    /// Whether the guest may still be frozen.
+    pub fn maybe_frozen(&self) -> bool {
+        let last_freeze = self.steps.iter().rposition(|s| *s == Step::Freeze);
+        let last_thaw = self.steps.iter().rposition(|s| *s == Step::Thawed);
+        matches!((last_freeze, last_thaw), (Some(f), t) if t.is_none_or(|t| t < f))
+    }
+
+    fn begin(&self) -> Option<(&str, &[ImageSpec], &[ImageSpec], &str)> {
+        self.steps.iter().find_map(|s| match s {
+            Step::Begin {
+                fsid,
+                sources,
+                dests,
+                temp_snap,
+                ..
+            } => Some((fsid.as_str(), &sources[..], &dests[..], temp_snap.as_str())),
+            _ => None,
+        })
+    }
+
+    fn cloned(&self, dest: &ImageSpec) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::Clone { dest: d } if d == dest))
+    }
+
+    fn finished(&self, dest: &ImageSpec) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::Finished { dest: d } if d == dest))
+    }
+}
+
+/// Split the journal into unfinished jobs and the end records of finished ones.
+pub fn split(records: Vec<Record>) -> (Vec<Trail>, Vec<Record>) {
+    let mut trails: Vec<Trail> = Vec::new();
+    let mut ended = Vec::new();
+    for record in records {
+        match record {
+            Record::Request {
+                job_id,
+                request_id,
+                params,
+                domain_uuid,
+                ..
+            } => trails.push(Trail {
+                job_id,
+                request_id,
+                params,
+                domain_uuid,
+                steps: Vec::new(),
+            }),
+            Record::Step { job_id, step } => {
+                if let Some(trail) = trails.iter_mut().find(|t| t.job_id == job_id) {
+                    trail.steps.push(step);
+                }
+            }
+            end @ Record::End { .. } => {
+                trails.retain(|t| t.job_id != end.job_id());
+                ended.retain(|e: &Record| e.job_id() != end.job_id());
+                ended.push(end);
+            }
+        }
+    }
+    (trails, ended)
+}
+
+/// What recovering a job did, or why it must wait.
+#[derive(Debug)]
+pub enum Recovered {
+    /// Done: the outcome to journal and report.
+    Ended(Outcome, Vec<String>),
+    /// Not yet: why (a backend is down, a step failed); retried later.
+    Pending(String),
+}
+
+/// Recover one job with whatever backends are up.
+pub fn recover(
+    trail: &Trail,
+    hv: Option<&Arc<dyn Hypervisor>>,
+    store: Option<&Arc<dyn ImageStore>>,
+) -> Recovered {
+    let mut actions = Vec::new();
+    if trail.maybe_frozen() {
+        let Some(hv) = hv else {
+            return Recovered::Pending("libvirt is down: cannot thaw the guest yet".into());
+        };
+        if let Err(e) = thaw(hv.as_ref(), &trail.domain_uuid) {
+            return Recovered::Pending(e);
+        }
+        actions.push(format!("thawed domain {}", trail.domain_uuid));
+    }
+    let Some((fsid, sources, dests, temp)) = trail.begin() else {
+        let error = RpcError::new(
+            ErrorKind::Cancelled,
+            "the daemon stopped before this job touched anything",
+        );
+        return Recovered::Ended(Outcome::Error(error), actions);
+    };
+    let Some(store) = store else {
+        return Recovered::Pending("Ceph is down: cannot roll back yet".into());
+    };
+    if dests.iter().all(|d| trail.finished(d)) {
+        // complete before the crash: keep it (retries get this result)
+        for source in sources {
+            let _ = store
+                .open(source)
+                .and_then(|img| img.remove_snapshot(temp, true));
+        }
+        actions.push("all images were complete: kept".into());
+        let disks: Vec<Value> = dests
+            .iter()
+            .map(|d| json!({"pool": d.pool, "image": d.name, "snapshot": FINAL_SNAPSHOT,
+                            "location": format!("rbd://{fsid}/{}/{}/{FINAL_SNAPSHOT}", d.pool, d.name)}))
+            .collect();
+        let result =
+            json!({"job_id": trail.job_id, "fsid": fsid, "disks": disks, "recovered": true});
+        return Recovered::Ended(Outcome::Ok(result), actions);
+    }
+    match roll_back(store.as_ref(), trail, sources, dests, temp, &mut actions) {
+        Ok(()) => {
+            let error = RpcError::new(
+                ErrorKind::Cancelled,
+                "the daemon stopped during this job; it was rolled back at restart (retry the request)",
+            );
+            Recovered::Ended(Outcome::Error(error), actions)
+        }
+        Err(e) => Recovered::Pending(e),
+    }
+}
+
+fn thaw(hv: &dyn Hypervisor, uuid: &str) -> Result<(), String> {
+    match hv.thaw(uuid, &[]) {
+        Ok(_) => {}
+        // gone or stopped: nothing is frozen any more
+        Err(e)
+            if matches!(
+                e.kind,
+                LibvirtErrorKind::DomainNotFound | LibvirtErrorKind::NotRunning
+            ) =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(format!("thaw of {uuid} failed: {e}")),
+    }
+    match hv.freeze_status(uuid) {
+        Ok(FreezeStatus::Frozen) => Err(format!("domain {uuid} still reports frozen after a thaw")),
+        // Thawed, or a driver without a real agent to ask
+        _ => Ok(()),
+    }
+}
+
+fn roll_back(
+    store: &dyn ImageStore,
+    trail: &Trail,
+    sources: &[ImageSpec],
+    dests: &[ImageSpec],
+    temp: &str,
+    actions: &mut Vec<String>,
+) -> Result<(), String> {
+    for (source, dest) in sources.iter().zip(dests) {
+        if trail.cloned(dest) && ours(store, dest, source, temp, &trail.job_id)? {
+            saga::remove_image_and_snapshots(store, dest)
+                .map_err(|e| format!("remove {dest}: {e}"))?;
+            actions.push(format!("removed partial image {dest}"));
+        }
+    }
+    for source in sources {
+        let removed = store
+            .open(source)
+            .and_then(|img| img.remove_snapshot(temp, true));
+        match removed {
+            Ok(()) => actions.push(format!("removed temporary snapshot {source}@{temp}")),
+            Err(e) if e.kind == RbdErrorKind::NotFound => {}
+            Err(e) => return Err(format!("remove {source}@{temp}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// An image is this job's only if it says so, or hangs off its snapshot.
+fn ours(
+    store: &dyn ImageStore,
+    dest: &ImageSpec,
+    source: &ImageSpec,
+    temp: &str,
+    job_id: &str,
+) -> Result<bool, String> {
+    let image = match store.open(dest) {
+        Ok(image) => image,
+        Err(e) if e.kind == RbdErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(format!("open {dest}: {e}")),
+    };
+    if image
+        .metadata(METADATA_JOB)
+        .map_err(|e| e.to_string())?
+        .as_deref()
+        == Some(job_id)
+    {
+        return Ok(true);
+    }
+    let parent = image.parent().map_err(|e| e.to_string())?;
+    Ok(parent.is_some_and(|p| &p.image == source && p.snap == temp))
+}

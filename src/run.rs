@@ -11,6 +11,8 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::daemon::Daemon;
+use crate::journal::Journal;
+use crate::recovery;
 use crate::server::{self, listener, Access, Shared};
 use crate::systemd;
 
@@ -23,6 +25,9 @@ pub enum RunError {
     /// The socket could not be set up.
     #[error(transparent)]
     Listen(#[from] listener::ListenError),
+    /// The journal cannot be used (locked by another daemon, damaged).
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     /// Signal handlers or the state directory could not be set up.
     #[error("{0}")]
     Io(String),
@@ -37,20 +42,17 @@ pub async fn run(
     activated: Option<std::os::unix::net::UnixListener>,
 ) -> Result<(), RunError> {
     let access = Access::from_config(&config)?;
-    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
-        RunError::Io(format!(
-            "state directory {}: {e}",
-            config.state_dir.display()
-        ))
-    })?;
+    // first: the lock keeps a second daemon from binding or recovering
+    let (journal, records) = Journal::open(&config.state_dir)?;
     let mut term = signal(SignalKind::terminate())
         .map_err(|e| RunError::Io(format!("SIGTERM handler: {e}")))?;
     let mut int = signal(SignalKind::interrupt())
         .map_err(|e| RunError::Io(format!("SIGINT handler: {e}")))?;
     let listening = listener::listen(&config, activated)?;
-    let daemon = Daemon::new(config);
+    let daemon = Daemon::new(config, journal);
     daemon.backends.connect_missing(STARTUP_CONNECT).await;
     let (stop, stopped) = watch::channel(false);
+    recover_before_ready(&daemon, records, &stopped).await;
     tokio::spawn(Arc::clone(&daemon.backends).keep_connected(stopped.clone()));
     if let Some(interval) = systemd::watchdog_interval() {
         tokio::spawn(systemd::watchdog(interval, stopped.clone()));
@@ -85,6 +87,31 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Recovery before READY=1: guests a previous run may have left frozen are
+/// thawed and its unfinished jobs rolled back (or kept when complete);
+/// what needs a backend that is down keeps being retried in the background.
+async fn recover_before_ready(
+    daemon: &Arc<Daemon>,
+    records: Vec<crate::journal::Record>,
+    stopped: &watch::Receiver<bool>,
+) {
+    let (trails, ended) = recovery::split(records);
+    daemon.load_ended(ended);
+    if !trails.is_empty() {
+        tracing::warn!(
+            jobs = trails.len(),
+            "the journal shows unfinished jobs: recovering"
+        );
+        systemd::status(&format!("recovering {} unfinished job(s)", trails.len()));
+    }
+    if daemon.recover(trails).await > 0 {
+        tokio::spawn(Arc::clone(daemon).keep_recovering(stopped.clone()));
+    }
+    if let Err(e) = daemon.journal.compact() {
+        tracing::warn!(error = %e, "journal compaction failed");
+    }
 }
 
 /// Give running jobs the grace period, then cancel them at their next safe

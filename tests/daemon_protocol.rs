@@ -415,7 +415,7 @@ fn bad_input_gets_the_documented_errors_and_the_daemon_keeps_serving() {
     let mut c = d.connect();
     let mut huge =
         br#"{"jsonrpc":"2.0","id":1,"method":"daemon.status","params":{"pad":""#.to_vec();
-    huge.extend(std::iter::repeat(b'p').take(5000));
+    huge.extend(std::iter::repeat_n(b'p', 5000));
     huge.extend(b"\"}}");
     c.send_line(&huge);
     let answer = match c.read_message(daemon::READ_TIMEOUT) {
@@ -444,8 +444,8 @@ fn bad_input_gets_the_documented_errors_and_the_daemon_keeps_serving() {
     let counters = &status["counters"];
     assert_eq!(counters["snapshots_succeeded"], 0, "{status}");
     assert_eq!(
-        counters["snapshots_failed"], 1,
-        "only the 250-byte name reached the workflow: {status}"
+        counters["snapshots_failed"], 0,
+        "nothing reached the workflow (the 250-byte name is an unknown domain): {status}"
     );
     let jobs = d.connect().call("jobs.list", json!({})).result().clone();
     assert_eq!(

@@ -50,8 +50,10 @@ impl Bed {
             settings,
             req,
             &snapshot::workflow::new_job_id(),
-            sink,
-            Default::default(),
+            snapshot::JobHooks {
+                progress: sink,
+                ..Default::default()
+            },
         )
         .await;
         let seen = seen.lock().expect("progress").clone();

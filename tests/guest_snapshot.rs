@@ -40,8 +40,10 @@ async fn take(
         &common::engine::settings("images"),
         req,
         &snapshot::workflow::new_job_id(),
-        sink,
-        Default::default(),
+        snapshot::JobHooks {
+            progress: sink,
+            ..Default::default()
+        },
     )
     .await
 }

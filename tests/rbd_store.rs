@@ -430,7 +430,7 @@ fn clone_v1_needs_a_protected_snapshot_which_then_stays_in_use() {
     assert!(
         cli["op_features"]
             .as_array()
-            .map_or(true, |ops| ops.is_empty()),
+            .is_none_or(|ops| ops.is_empty()),
         "a v1 clone: {cli}"
     );
     assert_eq!(

@@ -8,11 +8,16 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tracing::Instrument;
 
+use super::jobs::{now_unix, NewJob, Start};
 use super::{to_value, wire, Daemon, Notify};
+use crate::journal::{Outcome, Record};
+use crate::libvirt::Hypervisor;
 use crate::protocol::{CreateParams, ErrorKind, ProgressParams, RpcError};
+use crate::rbd::ImageStore;
 use crate::snapshot::{
-    self, FlattenMode, Phase, Progress, ProgressSink, QuiescePolicy, SnapshotRequest,
+    self, FlattenMode, JobHooks, Phase, Progress, ProgressSink, QuiescePolicy, SnapshotRequest,
 };
+use tokio::sync::watch;
 
 /// Flatten progress is sent at most this often (plus at its end).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
@@ -26,55 +31,162 @@ pub(super) async fn snapshot_create(
     daemon.refuse_if_shutting_down()?;
     let hv = daemon.backends.hypervisor()?;
     let store = daemon.backends.store()?;
+    let domain_uuid = lookup_uuid(daemon, &hv, &params.domain).await?;
+    let new = NewJob {
+        job_id: snapshot::workflow::new_job_id(),
+        domain: params.domain.clone(),
+        domain_uuid: domain_uuid.clone(),
+        image: params.image.clone(),
+        request_id: params.request_id.clone(),
+        params: serde_json::to_value(&params).unwrap_or_default(),
+    };
+    let cancel = match daemon.jobs.start(new.clone())? {
+        Start::Run(cancel) => cancel,
+        Start::Done(result) => return Ok(result),
+        Start::Join(ended) => return join(ended).await,
+    };
+    let job_id = new.job_id.clone();
+    let accepted = Record::Request {
+        job_id: job_id.clone(),
+        request_id: new.request_id.clone(),
+        params: new.params.clone(),
+        domain_uuid,
+        at: now_unix(),
+    };
+    if let Err(e) = daemon.journal.append(&accepted) {
+        let error = RpcError::new(
+            ErrorKind::Internal,
+            format!("cannot write the journal, so not starting: {e}"),
+        );
+        daemon.jobs.finish(&job_id, &Err(error.clone()));
+        daemon.jobs.forget(&job_id);
+        return Err(error);
+    }
     let req = request(daemon, params);
-    let job_id = snapshot::workflow::new_job_id();
-    let cancel = daemon.jobs.start(&job_id, &req.domain, &req.image)?;
     let span =
         tracing::info_span!("job", job_id = %job_id, domain = %req.domain, image = %req.image);
-    let sink = progress_sink(daemon, &job_id, request_id, notify);
-    let task = {
-        let (daemon, job_id) = (Arc::clone(daemon), job_id.clone());
-        async move {
-            tracing::info!(quiesce = ?req.quiesce, flatten = ?req.flatten, disks = ?req.disks, "snapshot started");
-            let outcome = snapshot::run(hv, store, &daemon.settings, &req, &job_id, sink, cancel).await;
-            let window = outcome.as_ref().ok().filter(|r| r.frozen_filesystems > 0).map(|r| r.timings.freeze_window_ms);
-            daemon.stats.snapshot(outcome.is_ok(), window);
-            let wire_outcome = match &outcome {
-                Ok(result) => {
-                    tracing::info!(
-                        locations = ?result.disks.iter().map(|d| &d.location).collect::<Vec<_>>(),
-                        consistency = ?result.consistency,
-                        freeze_window_ms = result.timings.freeze_window_ms,
-                        total_ms = result.timings.total_ms,
-                        "snapshot done"
-                    );
-                    to_value(result)
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "snapshot failed");
-                    Err(wire::snapshot_error(err, &job_id))
-                }
-            };
-            daemon.jobs.finish(&job_id, &wire_outcome);
-            let refused = daemon.jobs.get(&job_id).is_some_and(|j| j.phase == Phase::Preflight);
-            match wire_outcome {
-                Err(mut error) if refused => {
-                    // refused before touching anything: no job to look up later
-                    daemon.jobs.forget(&job_id);
-                    error.data.job_id = None;
-                    Err(error)
-                }
-                other => other,
-            }
-        }
-        .instrument(span)
+    let hooks = JobHooks {
+        progress: progress_sink(daemon, &job_id, request_id, notify),
+        cancel,
+        log: daemon.step_log(),
     };
+    let task = run_job(Arc::clone(daemon), hv, store, req, new, hooks).instrument(span);
     tokio::spawn(task).await.unwrap_or_else(|e| {
         Err(RpcError::new(
             ErrorKind::Internal,
             format!("job task failed: {e}"),
         ))
     })
+}
+
+/// The domain's UUID: one job per domain, whatever name the caller used.
+async fn lookup_uuid(
+    daemon: &Daemon,
+    hv: &Arc<dyn Hypervisor>,
+    domain: &str,
+) -> Result<String, RpcError> {
+    let (hv, name) = (Arc::clone(hv), domain.to_string());
+    let deadline = daemon.settings.call_deadline;
+    match tokio::time::timeout(
+        deadline,
+        tokio::task::spawn_blocking(move || hv.domain(&name)),
+    )
+    .await
+    {
+        Ok(Ok(Ok(info))) => Ok(info.uuid),
+        Ok(Ok(Err(e))) => Err(wire::libvirt_error(&e)),
+        Ok(Err(e)) => Err(RpcError::new(
+            ErrorKind::Internal,
+            format!("lookup task failed: {e}"),
+        )),
+        Err(_) => Err(RpcError::new(
+            ErrorKind::LibvirtUnavailable,
+            "libvirt did not answer the domain lookup in time",
+        )),
+    }
+}
+
+/// A retry of a running request: its outcome, when it comes.
+async fn join(
+    mut ended: watch::Receiver<Option<Result<Value, RpcError>>>,
+) -> Result<Value, RpcError> {
+    match ended.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.clone().unwrap_or_else(|| {
+            Err(RpcError::new(
+                ErrorKind::Internal,
+                "job ended without outcome",
+            ))
+        }),
+        Err(_) => Err(RpcError::new(
+            ErrorKind::Internal,
+            "the joined job vanished",
+        )),
+    }
+}
+
+async fn run_job(
+    daemon: Arc<Daemon>,
+    hv: Arc<dyn Hypervisor>,
+    store: Arc<dyn ImageStore>,
+    req: SnapshotRequest,
+    new: NewJob,
+    hooks: JobHooks,
+) -> Result<Value, RpcError> {
+    let job_id = new.job_id.clone();
+    tracing::info!(quiesce = ?req.quiesce, flatten = ?req.flatten, disks = ?req.disks, request_id = ?new.request_id, "snapshot started");
+    let outcome = snapshot::run(hv, store, &daemon.settings, &req, &job_id, hooks).await;
+    let window = outcome
+        .as_ref()
+        .ok()
+        .filter(|r| r.frozen_filesystems > 0)
+        .map(|r| r.timings.freeze_window_ms);
+    daemon.stats.snapshot(outcome.is_ok(), window);
+    let wire_outcome = match &outcome {
+        Ok(result) => {
+            tracing::info!(
+                locations = ?result.disks.iter().map(|d| &d.location).collect::<Vec<_>>(),
+                consistency = ?result.consistency,
+                freeze_window_ms = result.timings.freeze_window_ms,
+                total_ms = result.timings.total_ms,
+                "snapshot done"
+            );
+            to_value(result)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "snapshot failed");
+            Err(wire::snapshot_error(err, &job_id))
+        }
+    };
+    let end = Record::End {
+        job_id: job_id.clone(),
+        request_id: new.request_id.clone(),
+        params: new.params.clone(),
+        domain: new.domain.clone(),
+        image: new.image.clone(),
+        at: now_unix(),
+        outcome: match &wire_outcome {
+            Ok(result) => Outcome::Ok(result.clone()),
+            Err(error) => Outcome::Error(error.clone()),
+        },
+    };
+    if let Err(e) = daemon.journal.append(&end) {
+        // the work is done or undone; a restart will only redo the undo
+        tracing::error!(error = %e, "could not journal the job's end");
+    }
+    daemon.jobs.finish(&job_id, &wire_outcome);
+    let refused = daemon
+        .jobs
+        .get(&job_id)
+        .is_some_and(|j| j.phase == Phase::Preflight);
+    match wire_outcome {
+        Err(mut error) if refused => {
+            // refused before touching anything: no job to look up later
+            daemon.jobs.forget(&job_id);
+            error.data.job_id = None;
+            Err(error)
+        }
+        other => other,
+    }
 }
 
 fn request(daemon: &Daemon, p: CreateParams) -> SnapshotRequest {

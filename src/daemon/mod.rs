@@ -7,6 +7,7 @@ mod create;
 mod delete;
 mod jobs;
 mod queries;
+mod recover;
 mod stats;
 pub mod wire;
 
@@ -21,8 +22,9 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::journal::Journal;
 use crate::protocol::{Call, ErrorKind, ProgressParams, RpcError};
-use crate::snapshot::Settings;
+use crate::snapshot::{Settings, StepLog};
 
 /// Where a request's progress notifications go (the request's connection).
 pub type Notify = Arc<dyn Fn(ProgressParams) + Send + Sync>;
@@ -40,14 +42,21 @@ pub struct Daemon {
     pub jobs: Jobs,
     /// Counters.
     pub stats: Stats,
+    /// The crash journal (also the single-instance lock).
+    pub journal: Arc<Journal>,
+    /// Jobs a previous run left unfinished that could not be recovered yet.
+    pub recovery: recover::Recovery,
     started: Instant,
     shutting_down: AtomicBool,
 }
 
 impl Daemon {
-    /// A daemon for `config` (validated), backends not yet connected.
-    pub fn new(config: Config) -> Arc<Daemon> {
+    /// A daemon for `config` (validated) with its opened journal, backends
+    /// not yet connected.
+    pub fn new(config: Config, journal: Journal) -> Arc<Daemon> {
         Arc::new(Daemon {
+            journal: Arc::new(journal),
+            recovery: recover::Recovery::default(),
             settings: config.settings(),
             backends: Arc::new(Backends::new(&config)),
             config,
@@ -56,6 +65,11 @@ impl Daemon {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
         })
+    }
+
+    /// The journal as the workflow's step log.
+    pub fn step_log(&self) -> Arc<dyn StepLog> {
+        Arc::clone(&self.journal) as Arc<dyn StepLog>
     }
 
     /// Refuse new work from now on.

@@ -67,6 +67,7 @@ pub(super) fn daemon_status(daemon: &Daemon) -> Result<Value, RpcError> {
             "conf": daemon.backends.ceph_conf(), "connected": ceph.connected, "fsid": fsid, "error": ceph.error,
         },
         "jobs_in_flight": daemon.jobs.running(),
+        "recovery": daemon.recovery.status(),
         "counters": to_value(&daemon.stats.counters())?,
         "freeze_window_ms": to_value(&daemon.stats.freeze_windows())?,
     }))

@@ -29,6 +29,7 @@ pub fn snapshot_error(err: &SnapshotError, job_id: &str) -> RpcError {
         S::Cancelled => ErrorKind::Cancelled,
         S::Libvirt => ErrorKind::LibvirtError,
         S::Ceph => ErrorKind::CephError,
+        S::Journal => ErrorKind::Internal,
     };
     let mut wire = RpcError::new(kind, err.to_string());
     wire.data.job_id = Some(job_id.to_string());

@@ -12,7 +12,7 @@ use super::{ErrorKind, RpcError};
 pub const MAX_NAME_LEN: usize = 250;
 
 /// `snapshot.create`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CreateParams {
     /// Domain name or UUID.
@@ -32,6 +32,10 @@ pub struct CreateParams {
     /// `sync` | `none` (default `sync`).
     #[serde(default)]
     pub flatten: Option<String>,
+    /// Idempotency key: a retry with the same key (and the same params)
+    /// returns the first result or joins the running job.
+    #[serde(default)]
+    pub request_id: Option<String>,
 }
 
 /// `snapshot.delete`: by pool and image, or by the location create returned.
@@ -169,6 +173,14 @@ pub fn check_name(what: &str, name: &str) -> Result<(), RpcError> {
 
 fn check_create(p: CreateParams) -> Result<CreateParams, RpcError> {
     check_name("domain", &p.domain)?;
+    if let Some(rid) = &p.request_id {
+        if rid.is_empty() || rid.len() > 128 || rid.chars().any(|c| c.is_control()) {
+            return Err(RpcError::new(
+                ErrorKind::InvalidParams,
+                format!("request_id {rid:?} must be 1-128 characters without control characters"),
+            ));
+        }
+    }
     check_name("image", &p.image)?;
     if let Some(pool) = &p.pool {
         check_name("pool", pool)?;

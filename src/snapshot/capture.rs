@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use super::blocking::{self, with_deadline, Late};
 use super::preflight::Plan;
 use super::saga::{Saga, Undo};
+use super::workflow::Job;
+use super::Step;
 use super::{Consistency, QuiescePolicy, Settings, SnapshotError, SnapshotErrorKind as Kind};
 use crate::libvirt::{FreezeStatus, Hypervisor};
 
@@ -39,13 +41,14 @@ fn ms(d: Duration) -> u64 {
 
 /// Take the temporary snapshot `snap` of every planned disk, frozen when the
 /// plan says so. Records each snapshot's undo in `saga` before creating it.
-pub async fn capture(
+pub(super) async fn capture(
     hv: &Arc<dyn Hypervisor>,
     plan: &Plan,
     settings: &Settings,
     policy: QuiescePolicy,
     snap: &str,
     saga: &mut Saga,
+    job: &Job<'_>,
 ) -> Result<Captured, SnapshotError> {
     let uuid = plan.domain.uuid.as_str();
     let window = Instant::now();
@@ -53,12 +56,13 @@ pub async fn capture(
     let mut frozen = 0;
     let attempt_freeze = plan.freeze.is_ok();
     if attempt_freeze {
+        job.record(&Step::Freeze)?;
         match freeze(hv, uuid, settings.freeze_deadline).await {
             Ok(0) => reason = Some("the guest agent froze no filesystem".to_string()),
             Ok(n) => frozen = n,
             Err(err) => {
                 // a failed or late freeze may still have frozen something
-                let thawed = thaw(hv, uuid, settings).await;
+                let thawed = thaw_noted(hv, uuid, settings, job).await;
                 if policy == QuiescePolicy::Required {
                     return Err(with_thaw_outcome(err, thawed));
                 }
@@ -75,11 +79,13 @@ pub async fn capture(
     } else {
         settings.call_deadline
     };
+    job.checkpoint("frozen");
     let snapped = snapshot_all(plan, snap, snap_deadline, saga).await;
+    job.checkpoint("snapshotted");
     let snap_ms = ms(snap_started.elapsed());
     let thaw_started = Instant::now();
     if attempt_freeze {
-        let thawed = thaw(hv, uuid, settings).await;
+        let thawed = thaw_noted(hv, uuid, settings, job).await;
         if let Err(err) = snapped {
             return Err(with_thaw_outcome(err, thawed));
         }
@@ -166,6 +172,21 @@ async fn snapshot_all(
             }
             Err(Late::Panicked(msg)) => return Err(SnapshotError::new(Kind::Ceph, msg)),
         }
+    }
+    Ok(())
+}
+
+/// Thaw, and journal that the guest is thawed (a lost record only means a
+/// restart thaws once more, which is harmless).
+async fn thaw_noted(
+    hv: &Arc<dyn Hypervisor>,
+    uuid: &str,
+    settings: &Settings,
+    job: &Job<'_>,
+) -> Result<(), SnapshotError> {
+    thaw(hv, uuid, settings).await?;
+    if let Err(e) = job.record(&Step::Thawed) {
+        tracing::warn!(error = %e, "guest thawed, but the journal could not record it");
     }
     Ok(())
 }

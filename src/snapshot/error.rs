@@ -47,6 +47,8 @@ pub enum SnapshotErrorKind {
     Libvirt,
     /// Another Ceph failure.
     Ceph,
+    /// The crash journal could not be written, so the step was not taken.
+    Journal,
 }
 
 /// A failed snapshot job.

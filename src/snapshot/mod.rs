@@ -20,6 +20,7 @@ pub mod capture;
 mod error;
 pub mod preflight;
 pub mod saga;
+mod steplog;
 mod types;
 pub mod workflow;
 
@@ -29,6 +30,7 @@ mod fakes;
 mod tests;
 
 pub use error::{SnapshotError, SnapshotErrorKind};
+pub use steplog::{NoLog, Step, StepLog};
 pub use types::*;
 pub use workflow::run;
 

@@ -44,8 +44,10 @@ async fn go(
         s,
         req,
         "job1",
-        progress,
-        Default::default(),
+        JobHooks {
+            progress,
+            ..Default::default()
+        },
     )
     .await
 }
@@ -470,8 +472,10 @@ async fn progress_reports_every_phase_and_flatten_reaches_total() {
         &settings(),
         &request(),
         "job1",
-        sink,
-        Default::default(),
+        JobHooks {
+            progress: sink,
+            ..Default::default()
+        },
     )
     .await
     .expect("ok");
@@ -509,9 +513,20 @@ async fn a_cancel_during_the_flatten_rolls_everything_back() {
     });
     let hv = Arc::new(FakeHv(Arc::clone(&fake)));
     let store = Arc::new(FakeStore(Arc::clone(&fake)));
-    let err = run(hv, store, &settings(), &request(), "job1", sink, cancel)
-        .await
-        .expect_err("cancelled");
+    let err = run(
+        hv,
+        store,
+        &settings(),
+        &request(),
+        "job1",
+        JobHooks {
+            progress: sink,
+            cancel,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("cancelled");
     assert_eq!(err.kind, SnapshotErrorKind::Cancelled, "{err}");
     assert!(err.rollback_failures.is_empty(), "{err}");
     assert_untouched(&fake, "cancel");
@@ -530,8 +545,10 @@ async fn a_job_cancelled_before_it_starts_touches_nothing() {
         &settings(),
         &request(),
         "job1",
-        Arc::new(|_| {}),
-        cancel,
+        JobHooks {
+            cancel,
+            ..Default::default()
+        },
     )
     .await
     .expect_err("cancelled");

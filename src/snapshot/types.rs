@@ -123,6 +123,36 @@ pub struct Progress {
 /// Where progress reports go.
 pub type ProgressSink = Arc<dyn Fn(Progress) + Send + Sync>;
 
+/// What a running job reports to, and is steered by.
+#[derive(Clone)]
+pub struct JobHooks {
+    /// Progress reports.
+    pub progress: ProgressSink,
+    /// Set to stop the job at its next safe point.
+    pub cancel: CancelFlag,
+    /// The crash journal.
+    pub log: Arc<dyn super::StepLog>,
+}
+
+impl Default for JobHooks {
+    fn default() -> Self {
+        JobHooks {
+            progress: Arc::new(|_| {}),
+            cancel: CancelFlag::default(),
+            log: Arc::new(super::NoLog),
+        }
+    }
+}
+
+impl std::fmt::Debug for JobHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobHooks")
+            .field("cancel", &self.cancel)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
 /// Set to ask a running job to stop at its next safe point: before the
 /// freeze, between steps, or inside a flatten — never inside the freeze
 /// window. A stopped job rolls back and fails as `Cancelled`.

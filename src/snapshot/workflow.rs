@@ -10,8 +10,8 @@ use super::capture::{self, Captured};
 use super::preflight::{self, Plan, PlannedDisk};
 use super::saga::{Saga, Undo};
 use super::{
-    CancelFlag, DiskResult, FlattenMode, Phase, Progress, ProgressSink, Settings, SnapshotError,
-    SnapshotErrorKind as Kind, SnapshotRequest, SnapshotResult, Timings, FINAL_SNAPSHOT,
+    DiskResult, FlattenMode, JobHooks, Phase, Progress, Settings, SnapshotError,
+    SnapshotErrorKind as Kind, SnapshotRequest, SnapshotResult, Step, Timings, FINAL_SNAPSHOT,
     METADATA_JOB, METADATA_SOURCE, TEMP_SNAPSHOT_PREFIX,
 };
 use crate::libvirt::Hypervisor;
@@ -23,14 +23,13 @@ pub fn new_job_id() -> String {
 }
 
 /// Everything a job needs, shared by its steps.
-struct Job<'a> {
+pub(super) struct Job<'a> {
     hv: Arc<dyn Hypervisor>,
     store: Arc<dyn ImageStore>,
     settings: &'a Settings,
     req: &'a SnapshotRequest,
     job_id: &'a str,
-    progress: ProgressSink,
-    cancel: CancelFlag,
+    hooks: JobHooks,
 }
 
 /// Run one snapshot job to completion, or roll it back.
@@ -40,22 +39,27 @@ pub async fn run(
     settings: &Settings,
     req: &SnapshotRequest,
     job_id: &str,
-    progress: ProgressSink,
-    cancel: CancelFlag,
+    hooks: JobHooks,
 ) -> Result<SnapshotResult, SnapshotError> {
     let started = Instant::now();
     let job = Job {
-        cancel,
         hv,
         store,
         settings,
         req,
         job_id,
-        progress,
+        hooks,
     };
     job.report(Phase::Preflight, 0, 0);
     let plan = preflight::plan(&job.hv, &job.store, settings, req).await?;
     job.check_cancelled()?;
+    job.record(&Step::Begin {
+        domain_uuid: plan.domain.uuid.clone(),
+        fsid: plan.fsid.clone(),
+        sources: plan.disks.iter().map(|d| d.source.spec().clone()).collect(),
+        dests: plan.disks.iter().map(|d| d.dest.clone()).collect(),
+        temp_snap: format!("{TEMP_SNAPSHOT_PREFIX}{job_id}"),
+    })?;
     let mut saga = Saga::new(Arc::clone(&job.store), settings.call_deadline);
     match job.execute(&plan, &mut saga, started).await {
         Ok(result) => Ok(result),
@@ -68,8 +72,26 @@ pub async fn run(
 }
 
 impl Job<'_> {
+    /// Journal `step` before acting on it; no journal, no action.
+    pub(super) fn record(&self, step: &Step) -> Result<(), SnapshotError> {
+        self.hooks.log.record(self.job_id, step).map_err(|e| {
+            SnapshotError::new(
+                Kind::Journal,
+                format!(
+                    "cannot journal the {} step, so not taking it: {e}",
+                    step.name()
+                ),
+            )
+        })
+    }
+
+    /// A named point between steps, where a test build may pause.
+    pub(super) fn checkpoint(&self, name: &str) {
+        self.hooks.log.checkpoint(self.job_id, name);
+    }
+
     fn check_cancelled(&self) -> Result<(), SnapshotError> {
-        if self.cancel.load(Ordering::SeqCst) {
+        if self.hooks.cancel.load(Ordering::SeqCst) {
             return Err(SnapshotError::new(
                 Kind::Cancelled,
                 "the job was cancelled (daemon shutting down or jobs.cancel)",
@@ -79,7 +101,7 @@ impl Job<'_> {
     }
 
     fn report(&self, phase: Phase, done: u64, total: u64) {
-        (self.progress)(Progress { phase, done, total });
+        (self.hooks.progress)(Progress { phase, done, total });
     }
 
     async fn execute(
@@ -90,14 +112,26 @@ impl Job<'_> {
     ) -> Result<SnapshotResult, SnapshotError> {
         let temp = format!("{TEMP_SNAPSHOT_PREFIX}{}", self.job_id);
         self.report(Phase::Freeze, 0, plan.disks.len() as u64);
-        let captured =
-            capture::capture(&self.hv, plan, self.settings, self.req.quiesce, &temp, saga).await?;
+        let captured = capture::capture(
+            &self.hv,
+            plan,
+            self.settings,
+            self.req.quiesce,
+            &temp,
+            saga,
+            self,
+        )
+        .await?;
         self.check_cancelled()?;
         let clone_started = Instant::now();
         self.report(Phase::Clone, 0, plan.disks.len() as u64);
         for (i, disk) in plan.disks.iter().enumerate() {
+            self.record(&Step::Clone {
+                dest: disk.dest.clone(),
+            })?;
             self.clone_disk(plan.clone_format, disk, &temp, saga)
                 .await?;
+            self.checkpoint("cloned");
             self.report(Phase::Clone, i as u64 + 1, plan.disks.len() as u64);
         }
         let clone_ms = ms(clone_started);
@@ -106,6 +140,7 @@ impl Job<'_> {
             for disk in &plan.disks {
                 self.flatten(disk).await?;
             }
+            self.checkpoint("flattened");
         }
         let flatten_ms = ms(flatten_started);
         self.check_cancelled()?;
@@ -114,6 +149,9 @@ impl Job<'_> {
             self.req.flatten == FlattenMode::None && plan.clone_format == CloneFormat::V1;
         for disk in &plan.disks {
             self.finish_disk(disk, &temp, keeps_parent).await?;
+            self.record(&Step::Finished {
+                dest: disk.dest.clone(),
+            })?;
         }
         let timings = Timings {
             freeze_ms: captured.freeze_ms,
@@ -146,8 +184,12 @@ impl Job<'_> {
             temp.to_string(),
             disk.dest.clone(),
         );
+        let job_id = self.job_id.to_string();
+        // mark the clone as this job's at once: recovery removes only images
+        // that provably are
         let outcome = with_deadline(deadline, move || {
-            store.clone_image(&parent, &snap, &child, format)
+            store.clone_image(&parent, &snap, &child, format)?;
+            store.open(&child)?.set_metadata(METADATA_JOB, &job_id)
         })
         .await;
         match outcome {
@@ -191,7 +233,10 @@ impl Job<'_> {
     /// when the job is cancelled.
     async fn flatten(&self, disk: &PlannedDisk) -> Result<(), SnapshotError> {
         let (store, dest) = (Arc::clone(&self.store), disk.dest.clone());
-        let (sink, cancel) = (Arc::clone(&self.progress), Arc::clone(&self.cancel));
+        let (sink, cancel) = (
+            Arc::clone(&self.hooks.progress),
+            Arc::clone(&self.hooks.cancel),
+        );
         blocking::store("flatten", self.settings.flatten_deadline, move || {
             let image = store.open(&dest)?;
             let bytes = image.size()?;
@@ -226,17 +271,12 @@ impl Job<'_> {
             Arc::clone(&disk.source),
             disk.dest.clone(),
         );
-        let (temp, job_id, target) = (
-            temp.to_string(),
-            self.job_id.to_string(),
-            disk.target.clone(),
-        );
+        let (temp, target) = (temp.to_string(), disk.target.clone());
         blocking::store("finish", self.settings.call_deadline, move || {
             if !keeps_parent {
                 source.remove_snapshot(&temp, true)?;
             }
             let image = store.open(&dest)?;
-            image.set_metadata(METADATA_JOB, &job_id)?;
             image.set_metadata(
                 METADATA_SOURCE,
                 &format!("{}@{temp} disk {target}", source.spec()),

@@ -1,0 +1,329 @@
+//! The crash journal: an append-only file in the state directory where every
+//! job announces, before it acts, what it is about to do (accepted, about to
+//! freeze, about to clone…) and, at the end, how it ended. Each record is
+//! fsync'd before the step runs (the directory too when the file is new), so
+//! a daemon killed at any point finds on restart every guest that may be
+//! frozen and every trace a job may have left ([`crate::recovery`]).
+//!
+//! Records are checksummed lines; a torn last record (a crash mid-write) is
+//! dropped, anything else unreadable stops the start, because guessing could
+//! leave a guest frozen. Compaction rewrites the file with the end records
+//! of recent jobs only (kept for `request_id` retries), when no job runs.
+//! A lock on the state directory keeps a second daemon out.
+
+mod record;
+
+pub use record::{crc32, Outcome, Record};
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::snapshot::{Step, StepLog};
+
+/// End records kept by compaction (and so retries answered across restarts).
+pub const KEEP_ENDED: usize = 1024;
+
+/// Records appended between compactions.
+const COMPACT_EVERY: usize = 256;
+
+impl Inner {
+    /// Keep the in-memory picture in step with a record.
+    fn track(&mut self, record: &Record) {
+        let job = record.job_id().to_string();
+        match record {
+            Record::End { .. } => {
+                self.live.retain(|(id, _)| *id != job);
+                self.ended.retain(|r| r.job_id() != job);
+                self.ended.push_back(record.clone());
+                while self.ended.len() > KEEP_ENDED {
+                    self.ended.pop_front();
+                }
+            }
+            _ => match self.live.iter_mut().find(|(id, _)| *id == job) {
+                Some((_, records)) => records.push(record.clone()),
+                None => self.live.push((job, vec![record.clone()])),
+            },
+        }
+    }
+}
+
+/// Why the journal cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Another process holds the state directory.
+    #[error("{0} is locked by another rbdsnapd (one daemon per state directory)")]
+    Locked(PathBuf),
+    /// A record in the middle of the file is damaged.
+    #[error("{path}: record {line} is damaged; move the file away to start without it (unfinished jobs in it will not be recovered)")]
+    Corrupt {
+        /// The journal.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+    },
+    /// An OS call failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> JournalError + 'a {
+    move |source| JournalError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The file and what compaction must keep.
+#[derive(Debug)]
+struct Inner {
+    file: File,
+    /// Records of jobs without an end record, by job.
+    live: Vec<(String, Vec<Record>)>,
+    /// The newest end records.
+    ended: VecDeque<Record>,
+    /// Records appended since the last compaction.
+    appended: usize,
+}
+
+/// The open journal.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    path: PathBuf,
+    inner: Mutex<Inner>,
+    /// Held for the daemon's life: the single-instance lock.
+    _lock: File,
+    /// Test builds: the step or checkpoint to pause at (RBDSNAPD_TEST_PAUSE_AT).
+    pause_at: Option<String>,
+}
+
+impl Journal {
+    /// Lock `dir`, read the journal in it (dropping a torn tail), and open
+    /// it for appending. Returns every intact record, oldest first.
+    pub fn open(dir: &Path) -> Result<(Journal, Vec<Record>), JournalError> {
+        std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        // SAFETY: flock on a descriptor we own and keep open for as long as
+        // the lock must hold; it takes no pointers.
+        if unsafe { nix::libc::flock(lock.as_raw_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB) }
+            != 0
+        {
+            return Err(JournalError::Locked(dir.to_path_buf()));
+        }
+        let path = dir.join("journal");
+        let (records, good_len) = read(&path)?;
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        if file.metadata().map_err(io_err("stat", &path))?.len() > good_len {
+            tracing::warn!(path = %path.display(), "dropping a torn last journal record");
+            file.set_len(good_len).map_err(io_err("truncate", &path))?;
+            file.sync_all().map_err(io_err("fsync", &path))?;
+        }
+        if !existed {
+            sync_dir(dir)?;
+        }
+        let pause_at = std::env::var("RBDSNAPD_TEST_PAUSE_AT")
+            .ok()
+            .filter(|s| !s.is_empty());
+        let mut inner = Inner {
+            file,
+            live: Vec::new(),
+            ended: VecDeque::new(),
+            appended: 0,
+        };
+        for record in &records {
+            inner.track(record);
+        }
+        let journal = Journal {
+            dir: dir.to_path_buf(),
+            path,
+            inner: Mutex::new(inner),
+            _lock: lock,
+            pause_at,
+        };
+        Ok((journal, records))
+    }
+
+    /// Append one record and make it durable before returning. Compacts
+    /// now and then, when a job ends.
+    pub fn append(&self, record: &Record) -> Result<(), JournalError> {
+        let line = record.to_line().map_err(|e| self.encode_error(e))?;
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .file
+            .write_all(line.as_bytes())
+            .map_err(io_err("write", &self.path))?;
+        inner
+            .file
+            .sync_data()
+            .map_err(io_err("fsync", &self.path))?;
+        inner.track(record);
+        inner.appended += 1;
+        if matches!(record, Record::End { .. }) && inner.appended >= COMPACT_EVERY {
+            if let Err(e) = self.compact_locked(&mut inner) {
+                tracing::warn!(error = %e, "journal compaction failed; the journal keeps growing");
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrite the journal with only what matters: the newest end records
+    /// and every record of unfinished jobs (temp file, fsync, rename, fsync
+    /// the directory).
+    pub fn compact(&self) -> Result<(), JournalError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.compact_locked(&mut inner)
+    }
+
+    fn compact_locked(&self, inner: &mut Inner) -> Result<(), JournalError> {
+        let tmp = self.dir.join("journal.tmp");
+        {
+            let mut out = File::create(&tmp).map_err(io_err("create", &tmp))?;
+            let keep = inner
+                .ended
+                .iter()
+                .chain(inner.live.iter().flat_map(|(_, recs)| recs.iter()));
+            for record in keep {
+                let line = record.to_line().map_err(|e| self.encode_error(e))?;
+                out.write_all(line.as_bytes())
+                    .map_err(io_err("write", &tmp))?;
+            }
+            out.sync_all().map_err(io_err("fsync", &tmp))?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io_err("rename", &tmp))?;
+        sync_dir(&self.dir)?;
+        let mut reopened = OpenOptions::new()
+            .append(true)
+            .read(true)
+            .open(&self.path)
+            .map_err(io_err("open", &self.path))?;
+        reopened
+            .seek(SeekFrom::End(0))
+            .map_err(io_err("seek", &self.path))?;
+        inner.file = reopened;
+        inner.appended = 0;
+        Ok(())
+    }
+
+    fn encode_error(&self, e: serde_json::Error) -> JournalError {
+        JournalError::Io {
+            what: "encode a record for",
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        }
+    }
+
+    fn pause_if_asked(&self, job_id: &str, name: &str) {
+        if self.pause_at.as_deref() != Some(name) {
+            return;
+        }
+        // test builds only: announce the pause, then wait to be killed
+        let marker = self.dir.join(format!("paused-at-{name}"));
+        let _ = std::fs::write(&marker, job_id);
+        tracing::warn!(
+            job_id,
+            point = name,
+            "RBDSNAPD_TEST_PAUSE_AT: pausing until killed"
+        );
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+impl StepLog for Journal {
+    fn record(&self, job_id: &str, step: &Step) -> Result<(), String> {
+        self.append(&Record::Step {
+            job_id: job_id.to_string(),
+            step: step.clone(),
+        })
+        .map_err(|e| e.to_string())?;
+        self.pause_if_asked(job_id, step.name());
+        Ok(())
+    }
+
+    fn checkpoint(&self, job_id: &str, name: &str) {
+        self.pause_if_asked(job_id, name);
+    }
+}
+
+/// Every intact record and the length of the intact prefix.
+fn read(path: &Path) -> Result<(Vec<Record>, u64), JournalError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(io_err("open", path)(e)),
+    };
+    let mut reader = BufReader::new(file);
+    let (mut records, mut good, mut line_no) = (Vec::new(), 0u64, 0usize);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(io_err("read", path))?;
+        if n == 0 {
+            return Ok((records, good));
+        }
+        line_no += 1;
+        let complete = line.last() == Some(&b'\n');
+        let body = if complete {
+            &line[..line.len() - 1]
+        } else {
+            &line[..]
+        };
+        match Record::from_line(body) {
+            Some(record) if complete => {
+                records.push(record);
+                good += n as u64;
+            }
+            _ => {
+                // torn only if nothing intact follows
+                let mut rest = Vec::new();
+                std::io::Read::read_to_end(&mut reader, &mut rest).map_err(io_err("read", path))?;
+                if rest.iter().all(u8::is_ascii_whitespace) {
+                    return Ok((records, good));
+                }
+                return Err(JournalError::Corrupt {
+                    path: path.to_path_buf(),
+                    line: line_no,
+                });
+            }
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync", dir))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,129 @@
+//! The journal on a real file: durability of appends, torn tails, damage,
+//! compaction, the lock.
+
+use super::*;
+
+fn step(job: &str) -> Record {
+    Record::Step {
+        job_id: job.into(),
+        step: Step::Freeze,
+    }
+}
+
+fn end(job: &str) -> Record {
+    Record::End {
+        job_id: job.into(),
+        request_id: None,
+        params: serde_json::Value::Null,
+        domain: "vm".into(),
+        image: "img".into(),
+        at: 0.0,
+        outcome: Outcome::Ok(serde_json::Value::Null),
+    }
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rbdsnapd-journal-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn records_survive_a_reopen_in_order() {
+    let dir = tempdir("reopen");
+    {
+        let (journal, old) = Journal::open(&dir).expect("open");
+        assert!(old.is_empty());
+        journal.append(&step("a")).expect("append");
+        journal.append(&step("b")).expect("append");
+    }
+    let (_journal, records) = Journal::open(&dir).expect("reopen");
+    let jobs: Vec<&str> = records.iter().map(Record::job_id).collect();
+    assert_eq!(jobs, ["a", "b"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_torn_last_record_is_dropped_and_appending_goes_on() {
+    let dir = tempdir("torn");
+    {
+        let (journal, _) = Journal::open(&dir).expect("open");
+        journal.append(&step("a")).expect("append");
+    }
+    let line = step("b").to_line().expect("line");
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(dir.join("journal"))
+        .expect("file");
+    file.write_all(&line.as_bytes()[..line.len() / 2])
+        .expect("torn write");
+    drop(file);
+    {
+        let (journal, records) = Journal::open(&dir).expect("reopen");
+        assert_eq!(records.len(), 1);
+        journal.append(&step("c")).expect("append after torn");
+    }
+    let (_journal, records) = Journal::open(&dir).expect("reopen");
+    let jobs: Vec<&str> = records.iter().map(Record::job_id).collect();
+    assert_eq!(jobs, ["a", "c"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn damage_before_the_end_stops_the_start() {
+    let dir = tempdir("corrupt");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let good = step("a").to_line().expect("line");
+    std::fs::write(
+        dir.join("journal"),
+        format!("{good}00000000 garbage\n{good}"),
+    )
+    .expect("write");
+    let err = Journal::open(&dir).expect_err("corrupt");
+    assert!(
+        matches!(err, JournalError::Corrupt { line: 2, .. }),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn compaction_keeps_what_it_is_given_and_appends_continue() {
+    let dir = tempdir("compact");
+    {
+        let (journal, _) = Journal::open(&dir).expect("open");
+        for job in ["a", "b", "c"] {
+            journal.append(&step(job)).expect("append");
+        }
+        journal.append(&end("a")).expect("end a");
+        journal.append(&end("c")).expect("end c");
+        journal.compact().expect("compact");
+        journal.append(&step("d")).expect("append");
+    }
+    let (_journal, records) = Journal::open(&dir).expect("reopen");
+    let kinds: Vec<String> = records
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r.job_id(),
+                if matches!(r, Record::End { .. }) {
+                    "end"
+                } else {
+                    "step"
+                }
+            )
+        })
+        .collect();
+    // ended jobs keep only their end record; the live job b keeps its steps
+    assert_eq!(kinds, ["a:end", "c:end", "b:step", "d:step"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn one_daemon_per_state_directory() {
+    let dir = tempdir("lock");
+    let (_first, _) = Journal::open(&dir).expect("open");
+    assert!(matches!(Journal::open(&dir), Err(JournalError::Locked(_))));
+    let _ = std::fs::remove_dir_all(&dir);
+}
