@@ -28,6 +28,8 @@ pub struct Trail {
     pub params: Value,
     /// Its domain.
     pub domain_uuid: String,
+    /// The librados address of the daemon that ran it.
+    pub client_addr: Option<String>,
     /// Steps recorded, oldest first.
     pub steps: Vec<Step>,
 }
@@ -77,12 +79,14 @@ pub fn split(records: Vec<Record>) -> (Vec<Trail>, Vec<Record>) {
                 request_id,
                 params,
                 domain_uuid,
+                client_addr,
                 ..
             } => trails.push(Trail {
                 job_id,
                 request_id,
                 params,
                 domain_uuid,
+                client_addr,
                 steps: Vec::new(),
             }),
             Record::Step { job_id, step } => {
@@ -135,6 +139,7 @@ pub fn recover(
     let Some(store) = store else {
         return Recovered::Pending("Ceph is down: cannot roll back yet".into());
     };
+    fence(store.as_ref(), trail, &mut actions);
     if dests.iter().all(|d| trail.finished(d)) {
         // complete before the crash: keep it (retries get this result)
         for source in sources {
@@ -161,6 +166,24 @@ pub fn recover(
             Recovered::Ended(Outcome::Error(error), actions)
         }
         Err(e) => Recovered::Pending(e),
+    }
+}
+
+/// Blocklist the dead daemon's client, so its stale watches do not stall
+/// the rollback (and the retries after it). Best effort: without the
+/// permission (`profile rbd` has it) the rollback still works, only slower.
+fn fence(store: &dyn ImageStore, trail: &Trail, actions: &mut Vec<String>) {
+    let Some(addr) = trail.client_addr.as_deref() else {
+        return;
+    };
+    if store.client_addr().as_deref() == Some(addr) {
+        return;
+    }
+    match store.fence(addr) {
+        Ok(()) => actions.push(format!("fenced the previous client {addr}")),
+        Err(e) => {
+            tracing::warn!(addr, error = %e, "could not blocklist the previous client; its watches will time out")
+        }
     }
 }
 

@@ -51,6 +51,7 @@ pub(super) async fn snapshot_create(
         request_id: new.request_id.clone(),
         params: new.params.clone(),
         domain_uuid,
+        client_addr: store.client_addr(),
         at: now_unix(),
     };
     if let Err(e) = daemon.journal.append(&accepted) {

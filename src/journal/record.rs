@@ -31,6 +31,9 @@ pub enum Record {
         params: Value,
         /// The domain's UUID.
         domain_uuid: String,
+        /// This daemon's librados address, to fence it if it dies.
+        #[serde(default)]
+        client_addr: Option<String>,
         /// Unix seconds.
         at: f64,
     },

@@ -48,6 +48,11 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
+    /// The raw handle, for sibling modules' calls.
+    pub(super) fn raw(&self) -> ffi::rados_t {
+        self.0
+    }
+
     /// Create a handle for cephx user `id`, read `conf` and connect. The
     /// handle is freed on every failure.
     pub(super) fn connect(conf: &str, id: &str) -> Result<Cluster, RbdError> {

@@ -204,6 +204,7 @@ extern "C" {
 // one call the store needs that the crate (3.2.5) does not declare:
 #[link(name = "rados")]
 extern "C" {
+    pub fn rados_getaddrs(cluster: rados_t, addrs: *mut *mut c_char) -> c_int;
     pub fn rados_get_min_compatible_client(
         cluster: rados_t,
         min_compat_client: *mut i8,

@@ -12,6 +12,7 @@
 
 mod cluster;
 mod error;
+mod fence;
 pub mod ffi;
 mod flatten;
 mod image;
@@ -134,6 +135,19 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
         child: &ImageSpec,
         format: CloneFormat,
     ) -> Result<(), RbdError>;
+    /// This client's address as the OSDs see it (journalled, so that a
+    /// later incarnation can fence this one).
+    fn client_addr(&self) -> Option<String> {
+        None
+    }
+
+    /// Blocklist a dead client's address so that its watches on images go
+    /// away at once (a dead daemon's watches otherwise stall snapshots until
+    /// they time out).
+    fn fence(&self, _client_addr: &str) -> Result<(), RbdError> {
+        Ok(())
+    }
+
     /// Remove an image (it must have no snapshots left).
     fn remove_image(&self, image: &ImageSpec) -> Result<(), RbdError>;
 }

@@ -113,6 +113,14 @@ impl ImageStore for CephStore {
         self.cluster.fsid()
     }
 
+    fn client_addr(&self) -> Option<String> {
+        self.cluster.client_addr().ok()
+    }
+
+    fn fence(&self, client_addr: &str) -> Result<(), RbdError> {
+        self.cluster.blocklist(client_addr)
+    }
+
     fn pool_exists(&self, pool: &str) -> Result<bool, RbdError> {
         self.cluster.pool_exists(pool)
     }

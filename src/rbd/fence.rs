@@ -1,0 +1,73 @@
+//! Fencing a dead incarnation of the daemon: its librados client address is
+//! journalled with every job, and on recovery that address is added to the
+//! OSD blocklist. The OSDs then drop the dead client's watches at once —
+//! without it, every snapshot or removal on an image the dead daemon had
+//! open waits out a notify timeout until the watch expires (~30 s) — and a
+//! not-quite-dead process could no longer touch the images.
+
+use std::ffi::{CStr, CString};
+use std::os::raw::c_char;
+use std::ptr;
+
+use ceph::rados;
+
+use super::cluster::Cluster;
+use super::ffi;
+use super::RbdError;
+
+/// Blocklist entries expire after this long: the dead client is long gone.
+const EXPIRE_SECS: f64 = 3600.0;
+
+impl Cluster {
+    /// This client's address as the OSDs see it (`ip:port/nonce`).
+    pub(super) fn client_addr(&self) -> Result<String, RbdError> {
+        let mut addrs: *mut c_char = ptr::null_mut();
+        // SAFETY: the handle is connected; librados sets `addrs` to a
+        // NUL-terminated string it allocated with malloc.
+        let rc = unsafe { ffi::rados_getaddrs(self.raw(), &mut addrs) };
+        RbdError::check("client address", rc, || "cluster".into())?;
+        // SAFETY: non-NULL on success, NUL-terminated, ours to free once.
+        let text = unsafe { CStr::from_ptr(addrs) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: allocated by librados with malloc and not used after this.
+        unsafe { nix::libc::free(addrs.cast()) };
+        Ok(text)
+    }
+
+    /// Add `addr` to the OSD blocklist and wait until this client has the
+    /// new OSD map (so the OSDs it talks to have dropped the old watches).
+    pub(super) fn blocklist(&self, addr: &str) -> Result<(), RbdError> {
+        let cmd = serde_json::json!({"prefix": "osd blocklist", "blocklistop": "add", "addr": addr, "expire": EXPIRE_SECS});
+        let cmd =
+            CString::new(cmd.to_string()).map_err(|_| RbdError::bad_name("blocklist", addr))?;
+        let mut cmds = [cmd.as_ptr()];
+        let (mut outbuf, mut outlen, mut outs, mut outslen) =
+            (ptr::null_mut(), 0, ptr::null_mut(), 0);
+        // SAFETY: one valid command string that outlives the call; librados
+        // allocates the output buffers, freed below with rados_buffer_free.
+        let rc = unsafe {
+            rados::rados_mon_command(
+                self.raw(),
+                cmds.as_mut_ptr(),
+                1,
+                ptr::null(),
+                0,
+                &mut outbuf,
+                &mut outlen,
+                &mut outs,
+                &mut outslen,
+            )
+        };
+        for buf in [outbuf, outs] {
+            if !buf.is_null() {
+                // SAFETY: allocated by librados for this call, freed once.
+                unsafe { rados::rados_buffer_free(buf) };
+            }
+        }
+        RbdError::check("osd blocklist add", rc, || addr.to_string())?;
+        // SAFETY: the handle is connected; the call takes no pointers.
+        let rc = unsafe { rados::rados_wait_for_latest_osdmap(self.raw()) };
+        RbdError::check("wait for osdmap", rc, || "cluster".into()).map(|_| ())
+    }
+}

@@ -1,0 +1,186 @@
+//! The crash suite: the real daemon is killed with SIGKILL at every step
+//! boundary of a snapshot (it pauses there on RBDSNAPD_TEST_PAUSE_AT), then
+//! restarted on the same state directory. After the restart: the guest is
+//! thawed, Ceph holds no temporary snapshot and no partial clone, and the
+//! same request_id retried yields exactly one complete image.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::daemon::{self, DaemonProc, TempDir};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+/// Every named point a job passes, in order.
+const POINTS: &[&str] = &[
+    "begin",
+    "freeze",
+    "frozen",
+    "snapshotted",
+    "thawed",
+    "clone",
+    "cloned",
+    "flattened",
+    "finished",
+];
+
+/// Start a daemon on `state`, optionally pausing at `point`.
+fn start(bed: &daemon::Bed, uri: &str, state: &Path, point: Option<&str>) -> DaemonProc {
+    let mut launch = bed.launch().libvirt_uri(uri).extra(&format!(
+        "state_dir = {:?}\n[snapshot]\nquiesce = \"required\"",
+        state.display().to_string()
+    ));
+    if let Some(point) = point {
+        launch = launch.env("RBDSNAPD_TEST_PAUSE_AT", point);
+    }
+    launch.start()
+}
+
+fn wait_for_file(path: &Path, daemon: &DaemonProc) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        if Instant::now() > until {
+            daemon.fail(&format!("never paused: {} did not appear", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn temp_snapshots(ceph: &common::Ceph, image: &str) -> Vec<String> {
+    ceph.snapshots(image)
+        .into_iter()
+        .map(|s| s.0)
+        .filter(|s| s.starts_with("rbdsnapd-"))
+        .collect()
+}
+
+/// One crash: start paused at `point`, request, wait for the pause, check
+/// `while_paused`, SIGKILL, restart, check the aftermath, retry.
+fn crash_at(
+    bed: &daemon::Bed,
+    uri: &str,
+    domain: &str,
+    source: &str,
+    point: &str,
+    while_paused: impl Fn(),
+) {
+    let ceph = &bed.ceph;
+    let state = TempDir::new("rbdsnapd-crash-state");
+    let image = common::unique(&format!("crash-{point}"));
+    let request_id = common::unique("rid");
+    let params = json!({"domain": domain, "image": image, "request_id": request_id});
+
+    let mut first = start(bed, uri, state.path(), Some(point));
+    let mut conn = first.connect();
+    let id = conn.fresh_id();
+    conn.send_request(&id, "snapshot.create", params.clone());
+    wait_for_file(&state.path().join(format!("paused-at-{point}")), &first);
+    while_paused();
+    first.signal(Signal::SIGKILL);
+    assert!(
+        first.wait_exit(Duration::from_secs(10)).is_some(),
+        "{point}: the daemon survived SIGKILL"
+    );
+    drop(conn);
+
+    // the restart recovers before it answers anything
+    let second = start(bed, uri, state.path(), None);
+    let status = second.status();
+    assert_eq!(
+        status["recovery"]["pending"],
+        json!([]),
+        "{point}: recovery pending: {status}"
+    );
+    assert_eq!(status["recovery"]["recovered"], 1, "{point}: {status}");
+    assert!(
+        temp_snapshots(ceph, source).is_empty(),
+        "{point}: temporary snapshot left on {source}"
+    );
+    let dest = format!("images/{image}");
+    let kept = point == "finished";
+    assert_eq!(
+        ceph.exists(&dest),
+        kept,
+        "{point}: {dest} exists={} after recovery",
+        ceph.exists(&dest)
+    );
+
+    // the retry: exactly one complete image
+    let mut conn = second.connect();
+    let retry = conn.call("snapshot.create", params.clone());
+    assert!(retry.is_ok(), "{point}: retry failed: {:?}", retry.0);
+    let location = retry.result()["disks"][0]["location"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        location,
+        format!("rbd://{}/images/{image}/snap", ceph.fsid),
+        "{point}"
+    );
+    assert_eq!(
+        ceph.snapshots(&dest),
+        vec![("snap".to_string(), true)],
+        "{point}: the image is complete"
+    );
+    assert!(
+        temp_snapshots(ceph, source).is_empty(),
+        "{point}: retry left a temporary snapshot"
+    );
+    let again = conn.call("snapshot.create", params);
+    assert_eq!(
+        again.result()["disks"][0]["location"],
+        json!(location),
+        "{point}: a third try answers the same"
+    );
+    let listed = ceph.rbd(&["ls", "images"], None);
+    let copies = String::from_utf8_lossy(&listed)
+        .lines()
+        .filter(|l| l.starts_with(&image))
+        .count();
+    assert_eq!(copies, 1, "{point}: one image, not more");
+    common::engine::remove(&common::engine::store(ceph), "images", &image);
+}
+
+#[test]
+fn sigkill_at_every_step_leaves_nothing_and_the_retry_makes_one_image() {
+    let Some(bed) = daemon::bed() else { return };
+    for point in POINTS {
+        crash_at(
+            &bed,
+            &bed.testdrv_uri,
+            "rbdsnapd-test-10",
+            "vms/testdrv-10-vda",
+            point,
+            || {},
+        );
+    }
+}
+
+fn freeze_status(guest: &common::Guest) -> Value {
+    guest.agent(json!({"execute": "guest-fsfreeze-status"}))
+}
+
+#[test]
+fn a_guest_frozen_when_the_daemon_dies_is_thawed_by_the_next_start() {
+    let (Some(bed), Some(guest)) = (daemon::bed(), common::guest()) else {
+        return;
+    };
+    for point in ["frozen", "snapshotted"] {
+        let check = || {
+            assert_eq!(
+                freeze_status(&guest),
+                json!("frozen"),
+                "{point}: the guest is frozen while paused"
+            )
+        };
+        crash_at(&bed, &guest.uri, &guest.name, &guest.image, point, check);
+        assert_eq!(
+            freeze_status(&guest),
+            json!("thawed"),
+            "{point}: thawed after the restart"
+        );
+    }
+}
