@@ -259,7 +259,6 @@ impl Jobs {
     /// Every known job, oldest first.
     pub fn list(&self) -> Vec<JobRecord> {
         let mut jobs: Vec<JobRecord> = self.lock().jobs.values().cloned().collect();
-        // newest last, and only the last 256 finished: a listing, not an archive
         jobs.sort_by(|a, b| a.started_unix.total_cmp(&b.started_unix));
         jobs
     }

@@ -18,7 +18,7 @@ pub(super) fn jobs_get(daemon: &Daemon, job_id: &str) -> Result<Value, RpcError>
         Some(job) => to_value(&job),
         None => Err(RpcError::new(
             ErrorKind::JobNotFound,
-            format!("no job {job_id:?} (finished jobs are kept for the last 256 only, and not across restarts)"),
+            format!("no job {job_id:?} (the last 1024 finished jobs are kept, across restarts)"),
         )),
     }
 }
