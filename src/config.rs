@@ -131,6 +131,9 @@ pub struct SnapshotConfig {
     pub flatten_timeout_secs: f64,
     /// `auto` (newest the cluster allows), `v1` or `v2`.
     pub clone_format: String,
+    /// After a failed or timed-out freeze (which may still land), seconds to
+    /// keep thawing until the guest agent confirms the guest is thawed.
+    pub thaw_confirm_secs: f64,
 }
 
 impl Default for Config {
@@ -181,6 +184,7 @@ impl Default for SnapshotConfig {
             call_timeout_secs: 30.0,
             flatten_timeout_secs: 3600.0,
             clone_format: "auto".into(),
+            thaw_confirm_secs: 60.0,
         }
     }
 }
@@ -296,6 +300,7 @@ impl Config {
             call_deadline: secs(self.snapshot.call_timeout_secs),
             flatten_deadline: secs(self.snapshot.flatten_timeout_secs),
             clone_format: self.clone_format().ok().flatten(),
+            thaw_confirm: secs(self.snapshot.thaw_confirm_secs),
         }
     }
 }

@@ -7,13 +7,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::blocking::{self, with_deadline, Late};
+use super::blocking::{with_deadline, Late};
 use super::preflight::Plan;
 use super::saga::{Saga, Undo};
 use super::workflow::Job;
 use super::Step;
 use super::{Consistency, QuiescePolicy, Settings, SnapshotError, SnapshotErrorKind as Kind};
-use crate::libvirt::{FreezeStatus, Hypervisor};
+use crate::libvirt::{FreezeStatus, Hypervisor, LibvirtErrorKind};
 
 /// What the freeze window produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub(super) async fn capture(
             Ok(n) => frozen = n,
             Err(err) => {
                 // a failed or late freeze may still have frozen something
-                let thawed = thaw_noted(hv, uuid, settings, job).await;
+                let thawed = thaw_noted(hv, uuid, settings, job, true).await;
                 if policy == QuiescePolicy::Required {
                     return Err(with_thaw_outcome(err, thawed));
                 }
@@ -85,7 +85,7 @@ pub(super) async fn capture(
     let snap_ms = ms(snap_started.elapsed());
     let thaw_started = Instant::now();
     if attempt_freeze {
-        let thawed = thaw_noted(hv, uuid, settings, job).await;
+        let thawed = thaw_noted(hv, uuid, settings, job, false).await;
         if let Err(err) = snapped {
             return Err(with_thaw_outcome(err, thawed));
         }
@@ -183,44 +183,63 @@ async fn thaw_noted(
     uuid: &str,
     settings: &Settings,
     job: &Job<'_>,
+    confirm: bool,
 ) -> Result<(), SnapshotError> {
-    thaw(hv, uuid, settings).await?;
+    thaw(hv, uuid, settings, confirm).await?;
     if let Err(e) = job.record(&Step::Thawed) {
         tracing::warn!(error = %e, "guest thawed, but the journal could not record it");
     }
     Ok(())
 }
 
-/// Thaw, retrying; when the thaw call keeps failing, believe the agent's own
-/// freeze status. An error here means the guest may still be frozen.
+/// Thaw. When the freeze did not cleanly succeed (`confirm`), or the thaw
+/// call fails, a freeze may still land (the agent can be busy running its
+/// hook past our deadline): thaw again until the agent itself reports the
+/// guest thawed, for at most `settings.thaw_confirm`. An error here means
+/// the guest may still be frozen.
 pub async fn thaw(
     hv: &Arc<dyn Hypervisor>,
     uuid: &str,
     settings: &Settings,
+    confirm: bool,
 ) -> Result<(), SnapshotError> {
-    let deadline = settings.agent_timeout + Duration::from_secs(1);
+    let call = settings.agent_timeout + Duration::from_secs(1);
+    let until = Instant::now() + settings.thaw_confirm;
     let mut last = String::new();
-    for _ in 0..3 {
-        let (hv, id) = (Arc::clone(hv), uuid.to_string());
-        match blocking::hv("thaw", deadline, move || hv.thaw(&id, &[])).await {
-            Ok(_) => return Ok(()),
-            Err(e) => last = e.message,
+    loop {
+        let (hv1, id) = (Arc::clone(hv), uuid.to_string());
+        let thawed = match with_deadline(call, move || hv1.thaw(&id, &[])).await {
+            Ok(Ok(_)) if !confirm => return Ok(()),
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                last = e.to_string();
+                false
+            }
+            Err(_) => {
+                last = format!("thaw did not answer within {} ms", call.as_millis());
+                false
+            }
+        };
+        let (hv2, id) = (Arc::clone(hv), uuid.to_string());
+        match with_deadline(call, move || hv2.freeze_status(&id)).await {
+            Ok(Ok(FreezeStatus::Thawed)) => return Ok(()),
+            Ok(Ok(FreezeStatus::Frozen)) => last = format!("the guest reports frozen ({last})"),
+            // a driver without a real agent: the thaw's own answer is all there is
+            Ok(Err(e)) if e.kind == LibvirtErrorKind::Unsupported && thawed => return Ok(()),
+            // busy finishing a late freeze, or restarting: ask again
+            Ok(Err(e)) => last = format!("{last}; status: {e}"),
+            Err(_) => last = format!("{last}; status did not answer"),
         }
-    }
-    let (hv2, id) = (Arc::clone(hv), uuid.to_string());
-    match blocking::hv("freeze status", deadline, move || hv2.freeze_status(&id)).await {
-        Ok(FreezeStatus::Thawed) => Ok(()),
-        Ok(FreezeStatus::Frozen) => Err(SnapshotError::new(
-            Kind::ThawFailed,
-            format!("the guest is still frozen: thaw failed three times ({last})"),
-        )),
-        Err(e) => Err(SnapshotError::new(
-            Kind::ThawFailed,
-            format!(
-                "thaw failed three times ({last}) and the freeze status is unknown ({})",
-                e.message
-            ),
-        )),
+        if Instant::now() >= until {
+            return Err(SnapshotError::new(
+                Kind::ThawFailed,
+                format!(
+                    "the guest could not be confirmed thawed within {} s: {last}",
+                    settings.thaw_confirm.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -18,6 +18,7 @@ fn settings() -> Settings {
         call_deadline: Duration::from_secs(2),
         flatten_deadline: Duration::from_secs(5),
         clone_format: None,
+        thaw_confirm: Duration::from_secs(2),
     }
 }
 
@@ -243,20 +244,24 @@ async fn snapshots_that_miss_the_freeze_deadline_are_thawed_and_removed_when_the
 }
 
 #[tokio::test]
-async fn a_failing_thaw_is_retried_and_the_agent_status_believed() {
+async fn a_failing_thaw_is_retried_until_the_agent_confirms() {
     let fake = Fake::standard();
-    fake.inject("thaw", Fault::Fail, 2);
+    fake.inject("thaw", Fault::Fail, 3);
     go(&fake, &request(), &settings())
         .await
-        .expect("second retry thaws");
+        .expect("a later thaw works");
     assert!(!fake.frozen());
 
     let fake = Fake::standard();
-    fake.inject("thaw", Fault::Fail, 3);
+    fake.inject("thaw", Fault::Fail, 1000);
     let err = go(&fake, &request(), &settings())
         .await
         .expect_err("still frozen");
     assert_eq!(err.kind, SnapshotErrorKind::ThawFailed, "{err}");
+    assert!(
+        err.message.contains("could not be confirmed thawed"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

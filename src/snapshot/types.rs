@@ -66,6 +66,9 @@ pub struct Settings {
     pub flatten_deadline: Duration,
     /// Clone format to use; `None` picks the newest the cluster allows.
     pub clone_format: Option<CloneFormat>,
+    /// After a freeze that failed or timed out (it may still land), how long
+    /// to keep thawing until the agent confirms the guest is thawed.
+    pub thaw_confirm: Duration,
 }
 
 impl Default for Settings {
@@ -77,6 +80,7 @@ impl Default for Settings {
             call_deadline: Duration::from_secs(30),
             flatten_deadline: Duration::from_secs(3600),
             clone_format: None,
+            thaw_confirm: Duration::from_secs(60),
         }
     }
 }

@@ -255,6 +255,7 @@ pub mod engine {
             call_deadline: Duration::from_secs(60),
             flatten_deadline: Duration::from_secs(600),
             clone_format: None,
+            thaw_confirm: Duration::from_secs(60),
         }
     }
 

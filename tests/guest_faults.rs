@@ -1,0 +1,136 @@
+//! The guest agent misbehaving, through the real daemon and the real guest:
+//! a failing fsfreeze hook, and a hook that hangs past the freeze deadline
+//! (whose freeze lands after the daemon gave up on it). The policy is
+//! honoured, nothing is left in Ceph, and the guest ends thawed every time.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::daemon::{self, DaemonProc};
+use serde_json::json;
+
+/// The tests share one guest and its hook: one at a time.
+static GUEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn start(bed: &daemon::Bed, guest: &common::Guest) -> DaemonProc {
+    let extra = "[snapshot]\nfreeze_deadline_secs = 2.0\n[libvirt]\nagent_timeout_secs = 2.0";
+    bed.launch().libvirt_uri(&guest.uri).extra(extra).start()
+}
+
+fn hook(guest: &common::Guest, control: &str, value: &str) {
+    guest.write_file(&format!("/etc/rbdsnapd-test/{control}"), value.as_bytes());
+}
+
+fn freeze_status(guest: &common::Guest) -> serde_json::Value {
+    guest.agent(json!({"execute": "guest-fsfreeze-status"}))
+}
+
+fn no_traces(bed: &daemon::Bed, guest: &common::Guest, image: &str, what: &str) {
+    assert!(
+        !bed.ceph.exists(&format!("images/{image}")),
+        "{what}: an image was made"
+    );
+    let temps: Vec<_> = bed
+        .ceph
+        .snapshots(&guest.image)
+        .into_iter()
+        .filter(|s| s.0.starts_with("rbdsnapd-"))
+        .collect();
+    assert!(
+        temps.is_empty(),
+        "{what}: temporary snapshots left: {temps:?}"
+    );
+}
+
+#[test]
+fn a_failing_freeze_hook_fails_required_degrades_preferred_and_leaves_the_guest_thawed() {
+    let (Some(bed), Some(guest)) = (daemon::bed(), common::guest()) else {
+        return;
+    };
+    let _one = GUEST.lock().unwrap_or_else(|p| p.into_inner());
+    let d = start(&bed, &guest);
+    hook(&guest, "freeze-fail", "1");
+    let image = common::unique("hookfail");
+    let required = d.connect().call(
+        "snapshot.create",
+        json!({"domain": guest.name, "image": image, "quiesce": "required"}),
+    );
+    let preferred_image = common::unique("hookfail-preferred");
+    let preferred = d.connect().call(
+        "snapshot.create",
+        json!({"domain": guest.name, "image": preferred_image, "quiesce": "preferred"}),
+    );
+    hook(&guest, "freeze-fail", "");
+    let status = freeze_status(&guest);
+    let preferred_exists = bed.ceph.exists(&format!("images/{preferred_image}"));
+    common::engine::remove(
+        &common::engine::store(&bed.ceph),
+        "images",
+        &preferred_image,
+    );
+
+    required.assert_error(1021, "freeze_failed", "required with a failing hook");
+    assert!(
+        required.error()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hook"),
+        "{:?}",
+        required.0
+    );
+    no_traces(&bed, &guest, &image, "required");
+    assert!(preferred.is_ok(), "preferred falls back: {:?}", preferred.0);
+    assert_eq!(preferred.result()["consistency"], "crash");
+    let reason = preferred.result()["consistency_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("freeze failed") && reason.contains("hook"),
+        "reason: {reason}"
+    );
+    assert!(preferred_exists, "the crash-consistent image was made");
+    assert_eq!(status, json!("thawed"));
+}
+
+#[test]
+fn a_hook_that_hangs_past_the_deadline_is_thawed_when_its_freeze_lands() {
+    let (Some(bed), Some(guest)) = (daemon::bed(), common::guest()) else {
+        return;
+    };
+    let _one = GUEST.lock().unwrap_or_else(|p| p.into_inner());
+    let d = start(&bed, &guest);
+    // the hook sleeps 5 s, then qemu-ga freezes: long after the 2 s deadline
+    hook(&guest, "freeze-delay", "5");
+    let image = common::unique("hookhang");
+    let started = Instant::now();
+    let answer = d.connect().call(
+        "snapshot.create",
+        json!({"domain": guest.name, "image": image, "quiesce": "required"}),
+    );
+    let took = started.elapsed();
+    // asked the moment the answer came: the late freeze was already undone
+    let status = freeze_status(&guest);
+    hook(&guest, "freeze-delay", "");
+    let kind = answer.kind().to_string();
+    // libvirt reports an agent command that timed out as unresponsive (86)
+    assert!(
+        ["freeze_timeout", "freeze_failed", "agent_unavailable"].contains(&kind.as_str()),
+        "answer: {:?}",
+        answer.0
+    );
+    assert_eq!(
+        status,
+        json!("thawed"),
+        "the late freeze was thawed before the daemon answered"
+    );
+    assert!(
+        took >= Duration::from_secs(4),
+        "the daemon waited for the late freeze ({took:?})"
+    );
+    no_traces(&bed, &guest, &image, "hung hook");
+    let log = guest.read_file("/run/fsfreeze-hook.log");
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("freeze: delay 5"), "the hook ran: {log}");
+}
