@@ -129,6 +129,8 @@ pub struct SnapshotConfig {
     pub call_timeout_secs: f64,
     /// Deadline of a whole flatten, in seconds.
     pub flatten_timeout_secs: f64,
+    /// A flatten without progress for this many seconds fails (an OSD gone).
+    pub flatten_stall_secs: f64,
     /// `auto` (newest the cluster allows), `v1` or `v2`.
     pub clone_format: String,
     /// After a failed or timed-out freeze (which may still land), seconds to
@@ -183,6 +185,7 @@ impl Default for SnapshotConfig {
             freeze_deadline_secs: 5.0,
             call_timeout_secs: 30.0,
             flatten_timeout_secs: 3600.0,
+            flatten_stall_secs: 60.0,
             clone_format: "auto".into(),
             thaw_confirm_secs: 60.0,
         }
@@ -243,6 +246,16 @@ impl Config {
                 self.snapshot.flatten_timeout_secs,
                 7.0 * 86_400.0,
             ),
+            (
+                "snapshot.flatten_stall_secs",
+                self.snapshot.flatten_stall_secs,
+                86_400.0,
+            ),
+            (
+                "snapshot.thaw_confirm_secs",
+                self.snapshot.thaw_confirm_secs,
+                3600.0,
+            ),
         ] {
             if !(secs > 0.0 && secs <= max) {
                 return bad(format!("{name} = {secs} must be > 0 and <= {max}"));
@@ -299,6 +312,7 @@ impl Config {
             agent_timeout: secs(self.libvirt.agent_timeout_secs),
             call_deadline: secs(self.snapshot.call_timeout_secs),
             flatten_deadline: secs(self.snapshot.flatten_timeout_secs),
+            flatten_stall: secs(self.snapshot.flatten_stall_secs),
             clone_format: self.clone_format().ok().flatten(),
             thaw_confirm: secs(self.snapshot.thaw_confirm_secs),
         }

@@ -106,9 +106,8 @@ async fn recover_before_ready(
         );
         systemd::status(&format!("recovering {} unfinished job(s)", trails.len()));
     }
-    if daemon.recover(trails).await > 0 {
-        tokio::spawn(Arc::clone(daemon).keep_recovering(stopped.clone()));
-    }
+    daemon.recover(trails).await;
+    tokio::spawn(Arc::clone(daemon).keep_recovering(stopped.clone()));
     if let Err(e) = daemon.journal.compact() {
         tracing::warn!(error = %e, "journal compaction failed");
     }

@@ -170,63 +170,7 @@ fn a_missing_bed_fails_loudly_under_ci_and_says_so_elsewhere() {
     );
 }
 
-/// A second, throwaway cluster started by the test itself (no libvirtd),
-/// on ports `offset` above the first one's; stopped on drop.
-struct ExtraCluster {
-    dir: String,
-    conf: String,
-    state: serde_json::Value,
-}
-
-const TESTBED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/testbed");
-
-impl ExtraCluster {
-    fn up(first: &common::Ceph, offset: u16) -> ExtraCluster {
-        let mon_port: u16 = first
-            .mon_v1
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        let base = (mon_port - 1 + offset).to_string();
-        let dir = std::env::temp_dir().join(common::unique("rbdsnapd-extra-bed"));
-        let dir = dir.to_str().expect("utf-8 path").to_string();
-        let up = std::process::Command::new(TESTBED)
-            .args(["up", "--dir", &dir, "--port-base", &base, "--no-libvirtd"])
-            .output()
-            .expect("run dev/testbed up");
-        let mut extra = ExtraCluster {
-            conf: format!("{dir}/ceph.conf"),
-            dir,
-            state: serde_json::Value::Null,
-        };
-        assert!(
-            up.status.success(),
-            "extra bed up: {}",
-            String::from_utf8_lossy(&up.stderr)
-        );
-        let state =
-            std::fs::read_to_string(format!("{}/state.json", extra.dir)).expect("state.json");
-        extra.state = serde_json::from_str(&state).expect("state is JSON");
-        extra
-    }
-
-    fn down(&self) -> bool {
-        let down = std::process::Command::new(TESTBED)
-            .args(["down", "--dir", &self.dir])
-            .status();
-        let left = std::process::Command::new(TESTBED)
-            .args(["leftovers", "--dir", &self.dir])
-            .status();
-        down.is_ok_and(|s| s.success()) && left.is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for ExtraCluster {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
+use common::extra::ExtraCluster;
 
 fn ceph_cli(conf: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new("timeout")
@@ -239,7 +183,7 @@ fn ceph_cli(conf: &str, args: &[&str]) -> std::process::Output {
 #[test]
 fn a_second_cluster_runs_beside_the_first_without_touching_it() {
     let Some(first) = common::ceph() else { return };
-    let second = ExtraCluster::up(&first, 100);
+    let second = ExtraCluster::up(&first, 100, "memstore");
     let fsid_of = |conf: &str| {
         String::from_utf8_lossy(&ceph_cli(conf, &["fsid"]).stdout)
             .trim()
@@ -266,7 +210,7 @@ fn a_second_cluster_runs_beside_the_first_without_touching_it() {
 #[test]
 fn a_dead_osd_makes_client_calls_fail_in_seconds_not_hang() {
     let Some(first) = common::ceph() else { return };
-    let extra = ExtraCluster::up(&first, 200);
+    let extra = ExtraCluster::up(&first, 200, "memstore");
     let osd = extra.state["cluster"]["pids"]["osd.0"]
         .as_i64()
         .expect("osd pid");

@@ -199,6 +199,30 @@ impl Backends {
         }
     }
 
+    /// Replace the Ceph connection with a new one (a new client address).
+    /// Handles of the old one stuck on a dead OSD keep their locks and
+    /// watches — under our own address, which librbd will not break; with a
+    /// new address, recovery can fence the old one like any dead client.
+    pub async fn reincarnate_ceph(self: &Arc<Self>) -> Result<(), String> {
+        let (conf, id) = (self.ceph_conf.clone(), self.ceph_id.clone());
+        let busy = Arc::clone(&self.ceph_connecting);
+        match attempt(Duration::from_secs(30), busy, move || {
+            CephStore::connect(&conf, &id)
+        })
+        .await
+        {
+            Some(Ok(store)) => {
+                tracing::warn!(
+                    "reconnected to Ceph under a new client address, to fence the old one"
+                );
+                self.set_ceph(Ok(Arc::new(store) as Arc<dyn ImageStore>));
+                Ok(())
+            }
+            Some(Err(e)) => Err(e),
+            None => Err("a connect is already running".into()),
+        }
+    }
+
     /// Reconnect missing backends until `shutdown` fires.
     pub async fn keep_connected(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         loop {

@@ -170,9 +170,19 @@ async fn run_job(
             Err(error) => Outcome::Error(error.clone()),
         },
     };
-    if let Err(e) = daemon.journal.append(&end) {
-        // the work is done or undone; a restart will only redo the undo
-        tracing::error!(error = %e, "could not journal the job's end");
+    let undone = match &outcome {
+        Err(err) if !err.rollback_failures.is_empty() => Some(err.rollback_failures.join("; ")),
+        _ => None,
+    };
+    match undone {
+        // not over: what the rollback could not undo is recovery's to finish
+        Some(why) => daemon.hand_to_recovery(&job_id, why),
+        None => {
+            if let Err(e) = daemon.journal.append(&end) {
+                // the work is done or undone; a restart will only redo the undo
+                tracing::error!(error = %e, "could not journal the job's end");
+            }
+        }
     }
     daemon.jobs.finish(&job_id, &wire_outcome);
     let refused = daemon

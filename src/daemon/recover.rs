@@ -91,9 +91,9 @@ impl Daemon {
         }
     }
 
-    /// Recover what the journal shows unfinished; returns how many jobs wait.
+    /// Try to recover each trail now; what cannot be done yet waits in
+    /// the pending list for [`Daemon::keep_recovering`]. Returns how many wait.
     pub async fn recover(self: &Arc<Self>, trails: Vec<Trail>) -> usize {
-        let mut still = Vec::new();
         for trail in trails {
             let hv = self.backends.hypervisor().ok();
             let store = self.backends.store().ok();
@@ -103,21 +103,39 @@ impl Daemon {
             })
             .await
             .unwrap_or_else(|e| Recovered::Pending(format!("recovery task failed: {e}")));
+            let mut inner = self
+                .recovery
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            inner.0.retain(|(t, _)| t.job_id != trail.job_id);
             match outcome {
-                Recovered::Ended(outcome, actions) => self.end_recovered(&trail, outcome, actions),
+                Recovered::Ended(outcome, actions) => {
+                    drop(inner);
+                    self.end_recovered(&trail, outcome, actions);
+                }
                 Recovered::Pending(why) => {
                     tracing::warn!(job_id = %trail.job_id, reason = %why, "recovery pending");
-                    still.push((trail, why));
+                    inner.0.push((trail, why));
                 }
             }
         }
-        let waiting = still.len();
-        self.recovery
+        self.recovery.pending()
+    }
+
+    /// A job whose own rollback failed (Ceph went away mid-job): its
+    /// journal records become a recovery trail, retried until Ceph is back.
+    pub fn hand_to_recovery(&self, job_id: &str, why: String) {
+        let (trails, _) = recovery::split(self.journal.live_records(job_id));
+        let mut inner = self
+            .recovery
             .inner
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0 = still;
-        waiting
+            .unwrap_or_else(|p| p.into_inner());
+        for trail in trails {
+            tracing::warn!(job_id, reason = %why, "rollback incomplete: recovery will finish it");
+            inner.0.push((trail, why.clone()));
+        }
     }
 
     fn end_recovered(&self, trail: &Trail, outcome: Outcome, actions: Vec<String>) {
@@ -149,9 +167,9 @@ impl Daemon {
             .1 += 1;
     }
 
-    /// Retry pending recovery until nothing waits or shutdown.
+    /// Retry pending recovery every few seconds until shutdown.
     pub async fn keep_recovering(self: Arc<Self>, mut stopped: tokio::sync::watch::Receiver<bool>) {
-        while self.recovery.pending() > 0 {
+        loop {
             tokio::select! {
                 _ = tokio::time::sleep(RETRY) => {}
                 _ = stopped.changed() => return,
@@ -164,6 +182,21 @@ impl Daemon {
                     .unwrap_or_else(|p| p.into_inner());
                 inner.0.iter().map(|(t, _)| t.clone()).collect()
             };
+            if trails.is_empty() {
+                continue;
+            }
+            // a job of this very incarnation: its stuck handles hold locks
+            // under our own address; take a new one so they can be fenced
+            let own = self.backends.store().ok().and_then(|s| s.client_addr());
+            if own.is_some()
+                && trails.iter().any(|t| t.client_addr == own)
+                && self.jobs.running() == 0
+            {
+                if let Err(e) = self.backends.reincarnate_ceph().await {
+                    tracing::warn!(error = %e, "could not reconnect to Ceph for recovery");
+                    continue;
+                }
+            }
             self.recover(trails).await;
         }
     }

@@ -231,6 +231,17 @@ impl Journal {
         Ok(())
     }
 
+    /// The records of a job that has not ended.
+    pub fn live_records(&self, job_id: &str) -> Vec<Record> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .live
+            .iter()
+            .find(|(id, _)| id == job_id)
+            .map(|(_, recs)| recs.clone())
+            .unwrap_or_default()
+    }
+
     fn encode_error(&self, e: serde_json::Error) -> JournalError {
         JournalError::Io {
             what: "encode a record for",

@@ -39,8 +39,29 @@ impl Cluster {
     /// new OSD map (so the OSDs it talks to have dropped the old watches).
     pub(super) fn blocklist(&self, addr: &str) -> Result<(), RbdError> {
         let cmd = serde_json::json!({"prefix": "osd blocklist", "blocklistop": "add", "addr": addr, "expire": EXPIRE_SECS});
-        let cmd =
-            CString::new(cmd.to_string()).map_err(|_| RbdError::bad_name("blocklist", addr))?;
+        self.mon_command("osd blocklist add", addr, &cmd)?;
+        // SAFETY: the handle is connected; the call takes no pointers.
+        let rc = unsafe { rados::rados_wait_for_latest_osdmap(self.raw()) };
+        RbdError::check("wait for osdmap", rc, || "cluster".into()).map(|_| ())
+    }
+
+    /// One round trip to a monitor: a snapshot needs one (for its id), so
+    /// a dead quorum is found here, before any guest is frozen.
+    pub(super) fn ping_mon(&self) -> Result<(), RbdError> {
+        self.mon_command(
+            "mon ping",
+            "cluster",
+            &serde_json::json!({"prefix": "version"}),
+        )
+    }
+
+    fn mon_command(
+        &self,
+        op: &'static str,
+        target: &str,
+        cmd: &serde_json::Value,
+    ) -> Result<(), RbdError> {
+        let cmd = CString::new(cmd.to_string()).map_err(|_| RbdError::bad_name(op, target))?;
         let mut cmds = [cmd.as_ptr()];
         let (mut outbuf, mut outlen, mut outs, mut outslen) =
             (ptr::null_mut(), 0, ptr::null_mut(), 0);
@@ -65,9 +86,6 @@ impl Cluster {
                 unsafe { rados::rados_buffer_free(buf) };
             }
         }
-        RbdError::check("osd blocklist add", rc, || addr.to_string())?;
-        // SAFETY: the handle is connected; the call takes no pointers.
-        let rc = unsafe { rados::rados_wait_for_latest_osdmap(self.raw()) };
-        RbdError::check("wait for osdmap", rc, || "cluster".into()).map(|_| ())
+        RbdError::check(op, rc, || target.to_string()).map(|_| ())
     }
 }

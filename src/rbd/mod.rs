@@ -135,6 +135,12 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
         child: &ImageSpec,
         format: CloneFormat,
     ) -> Result<(), RbdError>;
+    /// Whether the cluster answers (one monitor round trip): checked before
+    /// a guest is frozen, since a snapshot needs the monitors.
+    fn ping(&self) -> Result<(), RbdError> {
+        Ok(())
+    }
+
     /// This client's address as the OSDs see it (journalled, so that a
     /// later incarnation can fence this one).
     fn client_addr(&self) -> Option<String> {

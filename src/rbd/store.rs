@@ -113,6 +113,10 @@ impl ImageStore for CephStore {
         self.cluster.fsid()
     }
 
+    fn ping(&self) -> Result<(), RbdError> {
+        self.cluster.ping_mon()
+    }
+
     fn client_addr(&self) -> Option<String> {
         self.cluster.client_addr().ok()
     }

@@ -65,6 +65,8 @@ pub async fn plan(
                 Some(format) => format,
                 None => store.clone_format()?,
             };
+            // a snapshot needs the monitors: find a dead quorum before freezing
+            store.ping()?;
             Ok((store.fsid()?, format))
         })
         .await?

@@ -55,6 +55,13 @@ impl Saga {
         }
     }
 
+    /// Bound each undo call (and each wait for a late call) to `deadline`:
+    /// when the cluster is known not to answer, a rollback attempt is short,
+    /// and what it cannot undo is left to recovery.
+    pub fn shorten(&mut self, deadline: Duration) {
+        self.deadline = self.deadline.min(deadline);
+    }
+
     /// Record an undo before the step it undoes acts.
     pub fn record(&mut self, undo: Undo) {
         self.steps.push(undo);
@@ -67,6 +74,19 @@ impl Saga {
                 *pending = Some(late)
             }
             None => {}
+        }
+    }
+
+    /// Attach a late call to the undo of the image `spec` (a flatten that
+    /// stalled), so rollback waits for it before removing the image.
+    pub fn set_pending_for(&mut self, spec: &ImageSpec, late: Pending) {
+        for step in self.steps.iter_mut().rev() {
+            if let Undo::CreatedImage { spec: s, pending } = step {
+                if s == spec {
+                    *pending = Some(late);
+                    return;
+                }
+            }
         }
     }
 

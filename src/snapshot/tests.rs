@@ -17,6 +17,7 @@ fn settings() -> Settings {
         agent_timeout: Duration::from_millis(500),
         call_deadline: Duration::from_secs(2),
         flatten_deadline: Duration::from_secs(5),
+        flatten_stall: Duration::from_secs(5),
         clone_format: None,
         thaw_confirm: Duration::from_secs(2),
     }

@@ -64,6 +64,8 @@ pub struct Settings {
     pub call_deadline: Duration,
     /// Deadline of a whole flatten.
     pub flatten_deadline: Duration,
+    /// A flatten without progress for this long fails (an OSD gone).
+    pub flatten_stall: Duration,
     /// Clone format to use; `None` picks the newest the cluster allows.
     pub clone_format: Option<CloneFormat>,
     /// After a freeze that failed or timed out (it may still land), how long
@@ -79,6 +81,7 @@ impl Default for Settings {
             agent_timeout: Duration::from_secs(5),
             call_deadline: Duration::from_secs(30),
             flatten_deadline: Duration::from_secs(3600),
+            flatten_stall: Duration::from_secs(60),
             clone_format: None,
             thaw_confirm: Duration::from_secs(60),
         }

@@ -1,8 +1,9 @@
 //! The whole job: pre-flight, the freeze window, then clone → flatten →
 //! final snapshot inside Ceph, with every completed step undone on failure.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use std::time::Instant;
 
 use super::blocking::{self, with_deadline, Late};
@@ -16,6 +17,10 @@ use super::{
 };
 use crate::libvirt::Hypervisor;
 use crate::rbd::{CloneFormat, ImageStore, RbdErrorKind};
+
+/// Each undo step's deadline when the job failed because the cluster does
+/// not answer: one short try, then recovery takes over.
+const CEPH_DOWN_UNDO: Duration = Duration::from_secs(5);
 
 /// A fresh job id: unique, and safe inside snapshot and image names.
 pub fn new_job_id() -> String {
@@ -65,6 +70,9 @@ pub async fn run(
         Ok(result) => Ok(result),
         Err(mut err) => {
             job.report(Phase::Rollback, 0, 0);
+            if err.kind == Kind::CephUnavailable {
+                saga.shorten(CEPH_DOWN_UNDO);
+            }
             err.rollback_failures = saga.rollback().await;
             Err(err)
         }
@@ -138,7 +146,7 @@ impl Job<'_> {
         let flatten_started = Instant::now();
         if self.req.flatten == FlattenMode::Sync {
             for disk in &plan.disks {
-                self.flatten(disk).await?;
+                self.flatten(disk, saga).await?;
             }
             self.checkpoint("flattened");
         }
@@ -230,17 +238,24 @@ impl Job<'_> {
     }
 
     /// Flatten with progress in bytes (librbd counts objects), stopping
-    /// when the job is cancelled.
-    async fn flatten(&self, disk: &PlannedDisk) -> Result<(), SnapshotError> {
+    /// when the job is cancelled. A flatten that makes no progress for
+    /// `flatten_stall` (an OSD gone: librbd then waits, whatever the client
+    /// timeouts) fails the job; its thread is told to stop when it wakes,
+    /// and the rollback waits for it before removing the clone.
+    async fn flatten(&self, disk: &PlannedDisk, saga: &mut Saga) -> Result<(), SnapshotError> {
         let (store, dest) = (Arc::clone(&self.store), disk.dest.clone());
         let (sink, cancel) = (
             Arc::clone(&self.hooks.progress),
             Arc::clone(&self.hooks.cancel),
         );
-        blocking::store("flatten", self.settings.flatten_deadline, move || {
+        let stalled = Arc::new(AtomicBool::new(false));
+        let last_progress = Arc::new(Mutex::new(Instant::now()));
+        let (stop, seen) = (Arc::clone(&stalled), Arc::clone(&last_progress));
+        let mut handle = tokio::task::spawn_blocking(move || {
             let image = store.open(&dest)?;
             let bytes = image.size()?;
             let mut report = move |done: u64, total: u64| {
+                *seen.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                 let done_bytes = if total == 0 {
                     bytes
                 } else {
@@ -251,11 +266,44 @@ impl Job<'_> {
                     done: done_bytes,
                     total: bytes,
                 });
-                !cancel.load(Ordering::SeqCst)
+                !cancel.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst)
             };
             image.flatten(&mut report)
-        })
-        .await
+        });
+        let started = Instant::now();
+        loop {
+            tokio::select! {
+                joined = &mut handle => {
+                    return match joined {
+                        Ok(outcome) => outcome.map_err(|e| SnapshotError::rbd(&e)),
+                        Err(e) => Err(SnapshotError::new(Kind::Ceph, format!("flatten task failed: {e}"))),
+                    };
+                }
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            let quiet = last_progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed();
+            let message = if quiet > self.settings.flatten_stall {
+                format!(
+                    "the flatten of {} made no progress for {} s (is an OSD down?)",
+                    disk.dest,
+                    quiet.as_secs()
+                )
+            } else if started.elapsed() > self.settings.flatten_deadline {
+                format!(
+                    "the flatten of {} did not finish within {} s",
+                    disk.dest,
+                    self.settings.flatten_deadline.as_secs()
+                )
+            } else {
+                continue;
+            };
+            stalled.store(true, Ordering::SeqCst);
+            saga.set_pending_for(&disk.dest, handle);
+            return Err(SnapshotError::new(Kind::CephUnavailable, message));
+        }
     }
 
     /// Drop the temporary snapshot (unless a v1 clone still needs it), then

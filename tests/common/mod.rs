@@ -9,6 +9,7 @@
 #![allow(dead_code)] // each test binary uses its own subset of the helpers
 
 pub mod daemon;
+pub mod extra;
 
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -254,6 +255,7 @@ pub mod engine {
             agent_timeout: Duration::from_secs(10),
             call_deadline: Duration::from_secs(60),
             flatten_deadline: Duration::from_secs(600),
+            flatten_stall: Duration::from_secs(60),
             clone_format: None,
             thaw_confirm: Duration::from_secs(60),
         }
