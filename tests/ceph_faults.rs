@@ -12,14 +12,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
 
-fn temp_snapshots(ceph: &common::Ceph, image: &str) -> Vec<String> {
-    ceph.snapshots(image)
-        .into_iter()
-        .map(|s| s.0)
-        .filter(|s| s.starts_with("rbdsnapd-"))
-        .collect()
-}
-
 #[test]
 fn a_dead_mon_gives_ceph_unavailable_and_the_daemon_keeps_serving() {
     let Some(bed) = daemon::bed() else { return };
@@ -139,7 +131,7 @@ fn an_osd_killed_mid_flatten_fails_clearly_and_is_rolled_back_once_it_returns() 
         std::thread::sleep(Duration::from_millis(500));
     };
     let exists = ceph.exists(&format!("images/{image}"));
-    let temps = temp_snapshots(&ceph, source);
+    let temps = ceph.temp_snapshots(source);
     let _ = osd.kill();
     let _ = osd.wait();
     eprintln!(

@@ -48,14 +48,6 @@ fn wait_for_file(path: &Path, daemon: &DaemonProc) {
     }
 }
 
-fn temp_snapshots(ceph: &common::Ceph, image: &str) -> Vec<String> {
-    ceph.snapshots(image)
-        .into_iter()
-        .map(|s| s.0)
-        .filter(|s| s.starts_with("rbdsnapd-"))
-        .collect()
-}
-
 /// One crash: start paused at `point`, request, wait for the pause, check
 /// `while_paused`, SIGKILL, restart, check the aftermath, retry.
 fn crash_at(
@@ -95,7 +87,7 @@ fn crash_at(
     );
     assert_eq!(status["recovery"]["recovered"], 1, "{point}: {status}");
     assert!(
-        temp_snapshots(ceph, source).is_empty(),
+        ceph.temp_snapshots(source).is_empty(),
         "{point}: temporary snapshot left on {source}"
     );
     let dest = format!("images/{image}");
@@ -126,7 +118,7 @@ fn crash_at(
         "{point}: the image is complete"
     );
     assert!(
-        temp_snapshots(ceph, source).is_empty(),
+        ceph.temp_snapshots(source).is_empty(),
         "{point}: retry left a temporary snapshot"
     );
     let again = conn.call("snapshot.create", params);

@@ -68,12 +68,7 @@ impl Bed {
     }
 
     fn no_temp_snapshots(&self, image: &str) {
-        let left: Vec<_> = self
-            .ceph
-            .snapshots(image)
-            .into_iter()
-            .filter(|s| s.0.starts_with("rbdsnapd-"))
-            .collect();
+        let left = self.ceph.temp_snapshots(image);
         assert!(
             left.is_empty(),
             "temporary snapshots left on {image}: {left:?}"

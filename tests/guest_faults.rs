@@ -31,12 +31,7 @@ fn no_traces(bed: &daemon::Bed, guest: &common::Guest, image: &str, what: &str) 
         !bed.ceph.exists(&format!("images/{image}")),
         "{what}: an image was made"
     );
-    let temps: Vec<_> = bed
-        .ceph
-        .snapshots(&guest.image)
-        .into_iter()
-        .filter(|s| s.0.starts_with("rbdsnapd-"))
-        .collect();
+    let temps = bed.ceph.temp_snapshots(&guest.image);
     assert!(
         temps.is_empty(),
         "{what}: temporary snapshots left: {temps:?}"

@@ -49,11 +49,7 @@ async fn take(
 }
 
 fn no_temp_snapshots(ceph: &common::Ceph, image: &str) {
-    let left: Vec<_> = ceph
-        .snapshots(image)
-        .into_iter()
-        .filter(|s| s.0.starts_with("rbdsnapd-"))
-        .collect();
+    let left = ceph.temp_snapshots(image);
     assert!(
         left.is_empty(),
         "temporary snapshots left on {image}: {left:?}"

@@ -18,20 +18,6 @@ fn connect(ceph: &common::Ceph) -> CephStore {
     CephStore::connect(std::path::Path::new(&ceph.conf), &ceph.id).expect("connect to the bed")
 }
 
-/// Deterministic non-zero bytes (RBD reads unwritten extents as zeros, so
-/// zeros would prove little).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// Images a test made, removed when it ends.
 struct Scratch {
     ceph: common::Ceph,
@@ -497,7 +483,8 @@ fn flatten_copies_the_snapshot_s_data_and_detaches_the_clone() {
     let Some(ceph) = common::ceph() else { return };
     let store = connect(&ceph);
     let mut scratch = Scratch::new(&ceph);
-    let (parent, child) = parent_and_clone(&ceph, &store, &mut scratch, &pattern(4 << 20, 11));
+    let (parent, child) =
+        parent_and_clone(&ceph, &store, &mut scratch, &common::pattern(4 << 20, 11));
     // Written after the snapshot: must not reach the clone.
     ceph.rbd(
         &[
@@ -558,7 +545,8 @@ fn flatten_cancelled_from_progress_leaves_a_usable_removable_clone() {
     let Some(ceph) = common::ceph() else { return };
     let store = connect(&ceph);
     let mut scratch = Scratch::new(&ceph);
-    let (parent, child) = parent_and_clone(&ceph, &store, &mut scratch, &pattern(8 << 20, 5));
+    let (parent, child) =
+        parent_and_clone(&ceph, &store, &mut scratch, &common::pattern(8 << 20, 5));
     let image = store.open(&child).expect("open clone");
     let mut calls = 0;
     let mut stop_at_once = |_done: u64, _total: u64| {
@@ -589,7 +577,8 @@ fn flatten_survives_a_panicking_progress_callback() {
     let Some(ceph) = common::ceph() else { return };
     let store = connect(&ceph);
     let mut scratch = Scratch::new(&ceph);
-    let (_parent, child) = parent_and_clone(&ceph, &store, &mut scratch, &pattern(2 << 20, 9));
+    let (_parent, child) =
+        parent_and_clone(&ceph, &store, &mut scratch, &common::pattern(2 << 20, 9));
     let image = store.open(&child).expect("open clone");
     let mut panics = |_: u64, _: u64| -> bool { panic!("progress callback fails") };
     let err = image.flatten(&mut panics).expect_err("a panic cancels");

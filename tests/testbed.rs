@@ -6,25 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-/// Deterministic but non-trivial bytes (a zeroed buffer would prove little:
-/// RBD reads unwritten extents back as zeros).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 #[test]
 fn ceph_cluster_stores_an_image_and_returns_its_bytes() {
     let Some(ceph) = common::ceph() else { return };
     let image = format!("{}/{}", ceph.pool_vms, common::unique("smoke"));
-    let data = pattern(6 << 20, 7);
+    let data = common::pattern(6 << 20, 7);
     ceph.rbd(&["import", "--no-progress", "-", &image], Some(&data));
     let info: serde_json::Value =
         serde_json::from_slice(&ceph.rbd(&["info", "--format", "json", &image], None))
@@ -48,7 +34,7 @@ fn librados_through_the_ceph_crate_reaches_the_bed_cluster() {
         .get_rados_ioctx(&ceph.pool_vms)
         .expect("open vms pool");
     let name = common::unique("smoke-object");
-    let data = pattern(100_000, 3);
+    let data = common::pattern(100_000, 3);
     ioctx
         .rados_object_write_full(&name, &data)
         .expect("write object");
@@ -121,7 +107,7 @@ fn guest_agent_answers_ping() {
 fn file_written_in_the_guest_through_the_agent_reads_back() {
     let Some(guest) = common::guest() else { return };
     let path = format!("{}/{}", guest.mount, common::unique("smoke"));
-    let data = pattern(150_000, 11);
+    let data = common::pattern(150_000, 11);
     guest.write_file(&path, &data);
     let back = guest.read_file(&path);
     assert_eq!(back.len(), data.len());

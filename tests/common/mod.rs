@@ -110,6 +110,20 @@ pub fn guest() -> Option<Guest> {
     require("guest", found)
 }
 
+/// Deterministic, non-zero bytes (RBD reads unwritten extents back as
+/// zeros, so a zeroed buffer would prove little).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     let nanos = SystemTime::now()
@@ -329,6 +343,16 @@ impl Ceph {
     pub fn info(&self, image: &str) -> serde_json::Value {
         serde_json::from_slice(&self.rbd(&["info", "--format", "json", image], None))
             .expect("info JSON")
+    }
+
+    /// The rbdsnapd temporary snapshots on an image (there must be none
+    /// once a job is over).
+    pub fn temp_snapshots(&self, image: &str) -> Vec<String> {
+        self.snapshots(image)
+            .into_iter()
+            .map(|s| s.0)
+            .filter(|s| s.starts_with("rbdsnapd-"))
+            .collect()
     }
 
     /// Whether an image exists.
