@@ -69,6 +69,10 @@ pub struct Config {
     /// `auto` (journald under systemd, text on a terminal), `text`, `json`,
     /// `journald`.
     pub log_format: LogFormat,
+    /// At start, temporary snapshots of ours that no journal knows (a lost
+    /// state directory): `report` (log and `daemon.status`), `remove`, or
+    /// `off`.
+    pub sweep_orphans: String,
     /// Seconds running jobs get to finish on SIGTERM before they are
     /// cancelled (a frozen guest is thawed regardless).
     pub shutdown_grace_secs: f64,
@@ -151,6 +155,7 @@ impl Default for Config {
             idle_timeout_secs: 600.0,
             state_dir: PathBuf::from("/var/lib/rbdsnapd"),
             log_format: LogFormat::Auto,
+            sweep_orphans: "report".into(),
             shutdown_grace_secs: 30.0,
             libvirt: LibvirtConfig::default(),
             ceph: CephConfig::default(),
@@ -275,6 +280,12 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(e.message))?;
         }
         self.clone_format()?;
+        if !["report", "remove", "off"].contains(&self.sweep_orphans.as_str()) {
+            return bad(format!(
+                "sweep_orphans {:?} is not report, remove or off",
+                self.sweep_orphans
+            ));
+        }
         Ok(())
     }
 

@@ -108,6 +108,9 @@ async fn recover_before_ready(
     }
     daemon.recover(trails).await;
     tokio::spawn(Arc::clone(daemon).keep_recovering(stopped.clone()));
+    // after recovery, so that what it just rolled back is not reported
+    let sweeper = Arc::clone(daemon);
+    tokio::spawn(async move { sweeper.sweep().await });
     if let Err(e) = daemon.journal.compact() {
         tracing::warn!(error = %e, "journal compaction failed");
     }

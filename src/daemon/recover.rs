@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::jobs::{now_unix, NewJob};
 use super::Daemon;
 use crate::journal::{Outcome, Record};
-use crate::recovery::{self, Recovered, Trail};
+use crate::recovery::{self, Orphan, Recovered, Trail};
 
 /// How often pending recovery is retried.
 const RETRY: Duration = Duration::from_secs(2);
@@ -21,6 +21,8 @@ const RETRY: Duration = Duration::from_secs(2);
 #[derive(Debug, Default)]
 pub struct Recovery {
     inner: Mutex<(Vec<(Trail, String)>, usize)>,
+    /// What the start-up sweep found.
+    orphans: Mutex<Vec<Orphan>>,
 }
 
 impl Recovery {
@@ -34,7 +36,12 @@ impl Recovery {
                 |(t, why)| json!({"job_id": t.job_id, "domain_uuid": t.domain_uuid, "reason": why}),
             )
             .collect();
-        json!({"pending": pending, "recovered": inner.1})
+        let orphans = self
+            .orphans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        json!({"pending": pending, "recovered": inner.1, "orphans": orphans})
     }
 
     /// Jobs still waiting.
@@ -165,6 +172,50 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .1 += 1;
+    }
+
+    /// Look for temporary snapshots no journal knows, per `sweep_orphans`.
+    pub async fn sweep(self: &Arc<Self>) {
+        let policy = self.config.sweep_orphans.clone();
+        if policy == "off" {
+            return;
+        }
+        let (Ok(hv), Ok(store)) = (self.backends.hypervisor(), self.backends.store()) else {
+            tracing::warn!("orphan sweep skipped: libvirt or Ceph is down");
+            return;
+        };
+        let known: std::collections::HashSet<String> = {
+            let inner = self
+                .recovery
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            inner
+                .0
+                .iter()
+                .map(|(t, _)| t.job_id.clone())
+                .chain(self.jobs.list().into_iter().map(|j| j.job_id))
+                .collect()
+        };
+        let remove = policy == "remove";
+        let found = tokio::task::spawn_blocking(move || {
+            recovery::sweep(hv.as_ref(), store.as_ref(), &known, remove)
+        })
+        .await;
+        match found {
+            Ok(Ok(orphans)) => {
+                for orphan in &orphans {
+                    tracing::warn!(image = %orphan.image, snapshot = %orphan.snapshot, action = %orphan.action, "temporary snapshot no journal knows");
+                }
+                *self
+                    .recovery
+                    .orphans
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = orphans;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "orphan sweep failed"),
+            Err(e) => tracing::warn!(error = %e, "orphan sweep task failed"),
+        }
     }
 
     /// Retry pending recovery every few seconds until shutdown.

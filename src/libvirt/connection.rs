@@ -166,20 +166,19 @@ impl LibvirtHypervisor {
 impl Hypervisor for LibvirtHypervisor {
     fn domain(&self, name_or_uuid: &str) -> Result<DomainInfo, LibvirtError> {
         let dom = self.lookup(name_or_uuid)?;
-        let err = |op, e: virt::error::Error| LibvirtError::from_virt(op, name_or_uuid, &e);
-        let name = dom.name().map_err(|e| err("name", e))?;
-        let uuid = dom.uuid_string().map_err(|e| err("uuid", e))?;
-        let state = state_of(&dom, name_or_uuid)?;
-        let live_xml = dom.xml_desc(0).map_err(|e| err("xml", e))?;
-        let (disks, agent) = xml::parse(&live_xml)
-            .map_err(|m| LibvirtError::new("xml", name_or_uuid, LibvirtErrorKind::BadXml, m))?;
-        Ok(DomainInfo {
-            name,
-            uuid,
-            state,
-            disks,
-            agent,
-        })
+        describe(&dom, name_or_uuid)
+    }
+
+    fn list_domains(&self) -> Result<Vec<DomainInfo>, LibvirtError> {
+        let conn = self.connection()?;
+        let domains = conn
+            .list_all_domains(0)
+            .map_err(|e| LibvirtError::from_virt("list domains", &self.uri, &e))?;
+        // a domain that vanishes while we look is simply not listed
+        Ok(domains
+            .iter()
+            .filter_map(|dom| describe(dom, &self.uri).ok())
+            .collect())
     }
 
     fn set_agent_timeout(&self, uuid: &str, seconds: i32) -> Result<(), LibvirtError> {
@@ -290,4 +289,22 @@ unsafe fn read_fs_info(entry: virt::sys::virDomainFSInfoPtr) -> FsInfo {
         fstype: text(e.fstype),
         disks,
     }
+}
+
+/// Name, UUID, state, disks and agent of a domain handle.
+fn describe(dom: &Domain, name_or_uuid: &str) -> Result<DomainInfo, LibvirtError> {
+    let err = |op, e: virt::error::Error| LibvirtError::from_virt(op, name_or_uuid, &e);
+    let name = dom.name().map_err(|e| err("name", e))?;
+    let uuid = dom.uuid_string().map_err(|e| err("uuid", e))?;
+    let state = state_of(dom, name_or_uuid)?;
+    let live_xml = dom.xml_desc(0).map_err(|e| err("xml", e))?;
+    let (disks, agent) = xml::parse(&live_xml)
+        .map_err(|m| LibvirtError::new("xml", name_or_uuid, LibvirtErrorKind::BadXml, m))?;
+    Ok(DomainInfo {
+        name,
+        uuid,
+        state,
+        disks,
+        agent,
+    })
 }

@@ -133,6 +133,8 @@ pub enum FreezeStatus {
 pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// Find a domain by name or UUID and read its state, disks and agent.
     fn domain(&self, name_or_uuid: &str) -> Result<DomainInfo, LibvirtError>;
+    /// Every domain libvirt knows, running or not (for the start-up sweep).
+    fn list_domains(&self) -> Result<Vec<DomainInfo>, LibvirtError>;
     /// Bound every later agent call on this domain to `seconds`.
     fn set_agent_timeout(&self, uuid: &str, seconds: i32) -> Result<(), LibvirtError>;
     /// Mounted filesystems (ask before freezing: a frozen agent refuses).

@@ -29,6 +29,10 @@ impl Hypervisor for FakeHv {
             })
     }
 
+    fn list_domains(&self) -> Result<Vec<DomainInfo>, LibvirtError> {
+        Ok(self.0.world.lock().expect("world").domains.clone())
+    }
+
     fn set_agent_timeout(&self, _uuid: &str, _seconds: i32) -> Result<(), LibvirtError> {
         self.0.hv_fault("agent_timeout")
     }
