@@ -48,25 +48,7 @@ fn an_osd_killed_mid_flatten_fails_clearly_and_is_rolled_back_once_it_returns() 
     let extra = ExtraCluster::up(&bed.ceph, 400, "bluestore");
     let ceph = extra.ceph(&bed.ceph);
     let source = "vms/testdrv-14-vda";
-    ceph.rbd(
-        &["resize", "--no-progress", "--size", "1024M", source],
-        None,
-    );
-    ceph.rbd(
-        &[
-            "bench",
-            "--io-type",
-            "write",
-            "--io-size",
-            "4M",
-            "--io-total",
-            "640M",
-            "--io-pattern",
-            "seq",
-            source,
-        ],
-        None,
-    );
+    let _big = common::BigDisk::new(&ceph, source, "1024M", "640M");
     let d = bed
         .launch()
         .ceph_conf(std::path::Path::new(&extra.conf))

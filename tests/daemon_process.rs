@@ -286,69 +286,13 @@ fn degraded_start_when_ceph_is_down() {
     assert_eq!(d.status()["counters"]["snapshots_failed"], 0);
 }
 
-/// Grows a test-driver disk and fills it for a slow flatten; shrinks it
-/// back to the bed's empty 16 MiB when dropped.
-struct BigDisk<'a> {
-    ceph: &'a common::Ceph,
-    image: &'a str,
-}
-
-impl<'a> BigDisk<'a> {
-    fn new(ceph: &'a common::Ceph, image: &'a str, size: &str, written: &str) -> Self {
-        let disk = BigDisk { ceph, image };
-        ceph.rbd(&["resize", "--no-progress", "--size", size, image], None);
-        ceph.rbd(
-            &[
-                "bench",
-                "--io-type",
-                "write",
-                "--io-size",
-                "4M",
-                "--io-total",
-                written,
-                "--io-pattern",
-                "seq",
-                image,
-            ],
-            None,
-        );
-        disk
-    }
-}
-
-impl Drop for BigDisk<'_> {
-    fn drop(&mut self) {
-        // through 0: the bed's image was empty, and must be again
-        for size in ["0", "16M"] {
-            let out = self.ceph.rbd_output(
-                &[
-                    "resize",
-                    "--no-progress",
-                    "--allow-shrink",
-                    "--size",
-                    size,
-                    self.image,
-                ],
-                None,
-            );
-            if !out.status.success() {
-                eprintln!(
-                    "could not shrink {} back: {}",
-                    self.image,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        }
-    }
-}
-
 #[test]
 fn sigterm_during_a_flatten_cancels_rolls_back_and_exits_zero() {
     let Some(bed) = daemon::bed() else { return };
     let ceph = &bed.ceph;
     let (domain, source) = ("rbdsnapd-test-16", "vms/testdrv-16-vda");
     let filled = Instant::now();
-    let _big = BigDisk::new(ceph, source, "1024M", "768M");
+    let _big = common::BigDisk::new(ceph, source, "1024M", "768M");
     eprintln!("filled {source} in {:?}", filled.elapsed());
     let image = common::unique("daemon-sigterm");
     let _cleanup = ImageCleanup::new(ceph, "images", &image);

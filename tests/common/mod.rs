@@ -360,3 +360,59 @@ impl Ceph {
         self.rbd_output(&["info", image], None).status.success()
     }
 }
+
+/// Grows a test-driver disk and fills it for a slow flatten; shrinks it
+/// back to the bed's empty 16 MiB when dropped.
+pub struct BigDisk<'a> {
+    ceph: &'a Ceph,
+    image: &'a str,
+}
+
+impl<'a> BigDisk<'a> {
+    pub fn new(ceph: &'a Ceph, image: &'a str, size: &str, written: &str) -> Self {
+        let disk = BigDisk { ceph, image };
+        ceph.rbd(&["resize", "--no-progress", "--size", size, image], None);
+        ceph.rbd(
+            &[
+                "bench",
+                "--io-type",
+                "write",
+                "--io-size",
+                "4M",
+                "--io-total",
+                written,
+                "--io-pattern",
+                "seq",
+                image,
+            ],
+            None,
+        );
+        disk
+    }
+}
+
+impl Drop for BigDisk<'_> {
+    fn drop(&mut self) {
+        // through 0: the bed's image was empty, and must be again
+        for size in ["0", "16M"] {
+            let out = self.ceph.rbd_output(
+                &[
+                    "resize",
+                    "--no-progress",
+                    "--allow-shrink",
+                    "--size",
+                    size,
+                    self.image,
+                ],
+                None,
+            );
+            if !out.status.success() {
+                eprintln!(
+                    "could not shrink {} back: {}",
+                    self.image,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
