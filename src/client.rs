@@ -124,6 +124,7 @@ impl ErrorClass {
             | K::ImageInUse
             | K::NotOurs
             | K::SnapshotLimit
+            | K::Unsupported
             | K::AgentUnavailable
             | K::Busy
             | K::JobNotFound => ErrorClass::Refused,

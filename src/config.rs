@@ -117,6 +117,9 @@ pub struct CephConfig {
     pub conf: PathBuf,
     /// cephx client id, without `client.`.
     pub client_id: String,
+    /// librbd's `rbd_concurrent_management_ops`: how many objects one
+    /// flatten copies at once (Ceph's default is 10).
+    pub concurrent_management_ops: u32,
 }
 
 /// `[snapshot]`.
@@ -140,6 +143,23 @@ pub struct SnapshotConfig {
     /// After a failed or timed-out freeze (which may still land), seconds to
     /// keep thawing until the guest agent confirms the guest is thawed.
     pub thaw_confirm_secs: f64,
+    /// Most flattens this host runs at once (more wait in a queue); 0 is no
+    /// limit. `cluster` flattens run in the Ceph manager and do not count.
+    pub max_concurrent_flattens: usize,
+    /// A second snapshot of a domain that has one running: `reject` (answer
+    /// `busy`) or `wait` for it. A request's `on_busy` overrides this.
+    pub on_busy: OnBusy,
+}
+
+/// What a snapshot request does when its domain has one running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBusy {
+    /// Answer `busy` at once.
+    #[default]
+    Reject,
+    /// Wait until the domain's running snapshot has answered.
+    Wait,
 }
 
 impl Default for Config {
@@ -178,6 +198,7 @@ impl Default for CephConfig {
         CephConfig {
             conf: PathBuf::from("/etc/ceph/ceph.conf"),
             client_id: "admin".into(),
+            concurrent_management_ops: 10,
         }
     }
 }
@@ -193,6 +214,8 @@ impl Default for SnapshotConfig {
             flatten_stall_secs: 60.0,
             clone_format: "auto".into(),
             thaw_confirm_secs: 60.0,
+            max_concurrent_flattens: 2,
+            on_busy: OnBusy::Reject,
         }
     }
 }
@@ -268,6 +291,18 @@ impl Config {
         }
         if self.libvirt.uri.is_empty() {
             return bad("libvirt.uri is empty".into());
+        }
+        if !(1..=1024).contains(&self.ceph.concurrent_management_ops) {
+            return bad(format!(
+                "ceph.concurrent_management_ops = {} must be 1 to 1024",
+                self.ceph.concurrent_management_ops
+            ));
+        }
+        if self.snapshot.max_concurrent_flattens > 1024 {
+            return bad(format!(
+                "snapshot.max_concurrent_flattens = {} must be 0 (no limit) to 1024",
+                self.snapshot.max_concurrent_flattens
+            ));
         }
         if self.ceph.client_id.is_empty() || self.ceph.client_id.starts_with("client.") {
             return bad(format!(

@@ -15,7 +15,9 @@ use crate::journal::{Outcome, Record};
 use crate::libvirt::{FreezeStatus, Hypervisor, LibvirtErrorKind};
 use crate::protocol::{ErrorKind, RpcError};
 use crate::rbd::{ImageSpec, ImageStore, RbdErrorKind};
-use crate::snapshot::{saga, Step, FINAL_SNAPSHOT, METADATA_JOB, TEMP_SNAPSHOT_PREFIX};
+use crate::snapshot::{
+    saga, FlattenMode, Step, FINAL_SNAPSHOT, METADATA_JOB, TEMP_SNAPSHOT_PREFIX,
+};
 
 /// One unfinished job, as the journal tells it.
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +55,15 @@ impl Trail {
             } => Some((fsid.as_str(), &sources[..], &dests[..], temp_snap.as_str())),
             _ => None,
         })
+    }
+
+    /// The flatten mode the request asked for.
+    pub fn flatten_mode(&self) -> FlattenMode {
+        self.params
+            .get("flatten")
+            .cloned()
+            .and_then(|m| serde_json::from_value(m).ok())
+            .unwrap_or_default()
     }
 
     fn cloned(&self, dest: &ImageSpec) -> bool {
@@ -111,6 +122,18 @@ pub enum Recovered {
     Ended(Outcome, Vec<String>),
     /// Not yet: why (a backend is down, a step failed); retried later.
     Pending(String),
+    /// The images were complete (the requester may have its location) but
+    /// their `background` or `cluster` flatten had not ended: resume it.
+    Resume {
+        /// The result, as a retry of the request gets it.
+        result: Value,
+        /// What recovery did.
+        actions: Vec<String>,
+        /// The flatten mode.
+        mode: FlattenMode,
+        /// The images to flatten.
+        dests: Vec<ImageSpec>,
+    },
 }
 
 /// Recover one job with whatever backends are up.
@@ -148,13 +171,23 @@ pub fn recover(
                 .and_then(|img| img.remove_snapshot(temp, true));
         }
         actions.push("all images were complete: kept".into());
+        let mode = trail.flatten_mode();
         let disks: Vec<Value> = dests
             .iter()
             .map(|d| json!({"pool": d.pool, "image": d.name, "snapshot": FINAL_SNAPSHOT,
                             "location": format!("rbd://{fsid}/{}/{}/{FINAL_SNAPSHOT}", d.pool, d.name)}))
             .collect();
-        let result =
-            json!({"job_id": trail.job_id, "fsid": fsid, "disks": disks, "recovered": true});
+        let result = json!({"job_id": trail.job_id, "fsid": fsid, "disks": disks, "recovered": true,
+                            "flatten": mode, "flattened": mode == FlattenMode::Sync});
+        if mode.after_answer() {
+            actions.push(format!("{mode:?} flatten resumed").to_lowercase());
+            return Recovered::Resume {
+                result,
+                actions,
+                mode,
+                dests: dests.to_vec(),
+            };
+        }
         return Recovered::Ended(Outcome::Ok(result), actions);
     }
     match roll_back(store.as_ref(), trail, sources, dests, temp, &mut actions) {

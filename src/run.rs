@@ -116,9 +116,11 @@ async fn recover_before_ready(
     }
 }
 
-/// Give running jobs the grace period, then cancel them at their next safe
+/// Pause background flattens, give running jobs the grace period, then cancel them at their next safe
 /// point (never inside a freeze window) and wait for their rollback.
 async fn drain_jobs(daemon: &Daemon) {
+    // answered jobs only flatten: stop them now, the next start resumes them
+    daemon.jobs.cancel_answered();
     let grace = Duration::from_secs_f64(daemon.config.shutdown_grace_secs);
     if tokio::time::timeout(grace, daemon.jobs.wait_idle())
         .await

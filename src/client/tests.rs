@@ -296,6 +296,7 @@ fn every_error_kind_has_the_documented_class() {
         "image_in_use",
         "not_ours",
         "snapshot_limit",
+        "unsupported",
         "agent_unavailable",
         "busy",
         "job_not_found",

@@ -31,6 +31,8 @@ pub struct Backends {
     agent_timeout_secs: i32,
     ceph_conf: PathBuf,
     ceph_id: String,
+    /// Ceph options set over ceph.conf's.
+    ceph_options: Vec<(&'static str, String)>,
     libvirt: RwLock<Slot<dyn Hypervisor>>,
     ceph: RwLock<Slot<dyn ImageStore>>,
     /// Set while a libvirt connect runs: a hung connect is not piled upon.
@@ -56,6 +58,10 @@ impl Backends {
             agent_timeout_secs: config.libvirt.agent_timeout_secs.ceil() as i32,
             ceph_conf: config.ceph.conf.clone(),
             ceph_id: config.ceph.client_id.clone(),
+            ceph_options: vec![(
+                "rbd_concurrent_management_ops",
+                config.ceph.concurrent_management_ops.to_string(),
+            )],
             libvirt: RwLock::new(Slot {
                 handle: None,
                 error: Some("not connected yet".into()),
@@ -149,16 +155,23 @@ impl Backends {
         let ceph = async {
             if need_ceph {
                 let me = Arc::clone(self);
-                let (conf, id) = (self.ceph_conf.clone(), self.ceph_id.clone());
+                let connect = self.ceph_connector();
                 let busy = Arc::clone(&self.ceph_connecting);
-                if let Some(outcome) =
-                    attempt(deadline, busy, move || CephStore::connect(&conf, &id)).await
-                {
+                if let Some(outcome) = attempt(deadline, busy, connect).await {
                     me.set_ceph(outcome.map(|s| Arc::new(s) as Arc<dyn ImageStore>));
                 }
             }
         };
         tokio::join!(libvirt, ceph);
+    }
+
+    /// A Ceph connect with this daemon's settings, to run off the runtime.
+    fn ceph_connector(
+        &self,
+    ) -> impl FnOnce() -> Result<CephStore, crate::rbd::RbdError> + Send + 'static {
+        let (conf, id) = (self.ceph_conf.clone(), self.ceph_id.clone());
+        let options = self.ceph_options.clone();
+        move || CephStore::connect_with(&conf, &id, &options)
     }
 
     fn set_libvirt(&self, outcome: Result<Arc<dyn Hypervisor>, String>) {
@@ -204,13 +217,8 @@ impl Backends {
     /// watches — under our own address, which librbd will not break; with a
     /// new address, recovery can fence the old one like any dead client.
     pub async fn reincarnate_ceph(self: &Arc<Self>) -> Result<(), String> {
-        let (conf, id) = (self.ceph_conf.clone(), self.ceph_id.clone());
         let busy = Arc::clone(&self.ceph_connecting);
-        match attempt(Duration::from_secs(30), busy, move || {
-            CephStore::connect(&conf, &id)
-        })
-        .await
-        {
+        match attempt(Duration::from_secs(30), busy, self.ceph_connector()).await {
             Some(Ok(store)) => {
                 tracing::warn!(
                     "reconnected to Ceph under a new client address, to fence the old one"

@@ -8,16 +8,17 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tracing::Instrument;
 
-use super::jobs::{now_unix, NewJob, Start};
+use super::background::{self, AfterAnswer};
+use super::jobs::{now_unix, Answered, NewJob, Start};
 use super::{to_value, wire, Daemon, Notify};
-use crate::journal::{Outcome, Record};
+use crate::config::OnBusy;
+use crate::journal::Record;
 use crate::libvirt::Hypervisor;
 use crate::protocol::{CreateParams, ErrorKind, ProgressParams, RpcError};
-use crate::rbd::ImageStore;
+use crate::rbd::{ImageSpec, ImageStore};
 use crate::snapshot::{
     self, FlattenMode, JobHooks, Phase, Progress, ProgressSink, QuiescePolicy, SnapshotRequest,
 };
-use tokio::sync::watch;
 
 /// Flatten progress is sent at most this often (plus at its end).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
@@ -40,10 +41,14 @@ pub(super) async fn snapshot_create(
         request_id: params.request_id.clone(),
         params: serde_json::to_value(&params).unwrap_or_default(),
     };
-    let cancel = match daemon.jobs.start(new.clone())? {
-        Start::Run(cancel) => cancel,
+    let wait = match params.on_busy.as_deref() {
+        Some(policy) => policy == "wait",
+        None => daemon.config.snapshot.on_busy == OnBusy::Wait,
+    };
+    let (cancel, answered) = match start_or_wait(daemon, &new, wait).await? {
+        Start::Run(cancel, answered) => (cancel, answered),
         Start::Done(result) => return Ok(result),
-        Start::Join(ended) => return join(ended).await,
+        Start::Join(answered) => return join(answered).await,
     };
     let job_id = new.job_id.clone();
     let accepted = Record::Request {
@@ -70,14 +75,27 @@ pub(super) async fn snapshot_create(
         progress: progress_sink(daemon, &job_id, request_id, notify),
         cancel,
         log: daemon.step_log(),
+        slots: Arc::clone(&daemon.slots),
     };
-    let task = run_job(Arc::clone(daemon), hv, store, req, new, hooks).instrument(span);
-    tokio::spawn(task).await.unwrap_or_else(|e| {
-        Err(RpcError::new(
-            ErrorKind::Internal,
-            format!("job task failed: {e}"),
-        ))
-    })
+    // the job answers through `answered`; with a background flatten it
+    // goes on after that, in its own task
+    tokio::spawn(run_job(Arc::clone(daemon), hv, store, req, new, hooks).instrument(span));
+    join(answered).await
+}
+
+/// Register the job; with `wait`, a busy domain is waited for (in arrival
+/// order of the domain's jobs ending) instead of refused.
+async fn start_or_wait(daemon: &Daemon, new: &NewJob, wait: bool) -> Result<Start, RpcError> {
+    loop {
+        let changed = daemon.jobs.changed();
+        match daemon.jobs.start(new.clone()) {
+            Err(e) if wait && e.kind() == ErrorKind::Busy => {
+                daemon.refuse_if_shutting_down()?;
+                changed.await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The domain's UUID: one job per domain, whatever name the caller used.
@@ -107,11 +125,9 @@ async fn lookup_uuid(
     }
 }
 
-/// A retry of a running request: its outcome, when it comes.
-async fn join(
-    mut ended: watch::Receiver<Option<Result<Value, RpcError>>>,
-) -> Result<Value, RpcError> {
-    match ended.wait_for(Option::is_some).await {
+/// The job's answer, when it comes (also for a retry of a running request).
+async fn join(mut answered: Answered) -> Result<Value, RpcError> {
+    match answered.wait_for(Option::is_some).await {
         Ok(outcome) => outcome.clone().unwrap_or_else(|| {
             Err(RpcError::new(
                 ErrorKind::Internal,
@@ -132,10 +148,19 @@ async fn run_job(
     req: SnapshotRequest,
     new: NewJob,
     hooks: JobHooks,
-) -> Result<Value, RpcError> {
+) {
     let job_id = new.job_id.clone();
     tracing::info!(quiesce = ?req.quiesce, flatten = ?req.flatten, disks = ?req.disks, request_id = ?new.request_id, "snapshot started");
-    let outcome = snapshot::run(hv, store, &daemon.settings, &req, &job_id, hooks).await;
+    let settings = &daemon.settings;
+    let outcome = snapshot::run(
+        hv,
+        Arc::clone(&store),
+        settings,
+        &req,
+        &job_id,
+        hooks.clone(),
+    )
+    .await;
     let window = outcome
         .as_ref()
         .ok()
@@ -149,6 +174,7 @@ async fn run_job(
                 consistency = ?result.consistency,
                 freeze_window_ms = result.timings.freeze_window_ms,
                 total_ms = result.timings.total_ms,
+                flattened = result.flattened,
                 "snapshot done"
             );
             to_value(result)
@@ -158,18 +184,26 @@ async fn run_job(
             Err(wire::snapshot_error(err, &job_id))
         }
     };
-    let end = Record::End {
-        job_id: job_id.clone(),
-        request_id: new.request_id.clone(),
-        params: new.params.clone(),
-        domain: new.domain.clone(),
-        image: new.image.clone(),
-        at: now_unix(),
-        outcome: match &wire_outcome {
-            Ok(result) => Outcome::Ok(result.clone()),
-            Err(error) => Outcome::Error(error.clone()),
-        },
-    };
+    if let (Ok(result), Ok(answer)) = (&outcome, &wire_outcome) {
+        if result.flatten.after_answer() {
+            daemon.jobs.answer(&job_id, answer.clone());
+            let after = AfterAnswer {
+                mode: result.flatten,
+                dests: result
+                    .disks
+                    .iter()
+                    .map(|d| ImageSpec::new(&d.pool, &d.image))
+                    .collect(),
+                tasks: result
+                    .disks
+                    .iter()
+                    .filter_map(|d| d.flatten_task.clone())
+                    .collect(),
+            };
+            background::flatten(&daemon, &store, new, answer.clone(), after, hooks).await;
+            return;
+        }
+    }
     let undone = match &outcome {
         Err(err) if !err.rollback_failures.is_empty() => Some(err.rollback_failures.join("; ")),
         _ => None,
@@ -177,14 +211,8 @@ async fn run_job(
     match undone {
         // not over: what the rollback could not undo is recovery's to finish
         Some(why) => daemon.hand_to_recovery(&job_id, why),
-        None => {
-            if let Err(e) = daemon.journal.append(&end) {
-                // the work is done or undone; a restart will only redo the undo
-                tracing::error!(error = %e, "could not journal the job's end");
-            }
-        }
+        None => daemon.journal_end(&new, &wire_outcome),
     }
-    daemon.jobs.finish(&job_id, &wire_outcome);
     let refused = daemon
         .jobs
         .get(&job_id)
@@ -192,11 +220,11 @@ async fn run_job(
     match wire_outcome {
         Err(mut error) if refused => {
             // refused before touching anything: no job to look up later
-            daemon.jobs.forget(&job_id);
             error.data.job_id = None;
-            Err(error)
+            daemon.jobs.finish(&job_id, &Err(error));
+            daemon.jobs.forget(&job_id);
         }
-        other => other,
+        other => daemon.jobs.finish(&job_id, &other),
     }
 }
 
@@ -209,6 +237,8 @@ fn request(daemon: &Daemon, p: CreateParams) -> SnapshotRequest {
     };
     let flatten = match p.flatten.as_deref() {
         Some("none") => FlattenMode::None,
+        Some("background") => FlattenMode::Background,
+        Some("cluster") => FlattenMode::Cluster,
         _ => FlattenMode::Sync,
     };
     SnapshotRequest {
@@ -232,7 +262,10 @@ fn progress_sink(
     let (daemon, job_id) = (Arc::clone(daemon), job_id.to_string());
     let last: Mutex<Option<(Phase, Instant)>> = Mutex::new(None);
     Arc::new(move |p: Progress| {
-        daemon.jobs.progress(&job_id, p);
+        if !daemon.jobs.progress(&job_id, p) {
+            // answered: the requester has its result, the rest is for jobs.get
+            return;
+        }
         let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
         let due = match *last {
             Some((phase, at)) => {
@@ -251,6 +284,7 @@ fn progress_sink(
                 phase: phase.unwrap_or_default(),
                 done: p.done,
                 total: p.total,
+                position: p.position,
             });
         }
     })

@@ -51,6 +51,9 @@ pub struct JobRecord {
     pub done: u64,
     /// Units in that phase.
     pub total: u64,
+    /// In phase `queued`: the place in the host's flatten queue, 1 = next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
     /// Start time, Unix seconds.
     pub started_unix: f64,
     /// End time, Unix seconds.
@@ -71,9 +74,10 @@ pub struct JobRecord {
     /// The domain's UUID: one running job per domain.
     #[serde(skip)]
     pub domain_uuid: String,
-    /// Published when the job ends, for retries that join it.
+    /// Published when the job answers, for its requester and retries that
+    /// join it.
     #[serde(skip)]
-    ended: Arc<watch::Sender<Option<Result<Value, RpcError>>>>,
+    answered: Arc<watch::Sender<Option<Result<Value, RpcError>>>>,
 }
 
 /// A new request for a job, as the registry sees it.
@@ -93,13 +97,18 @@ pub struct NewJob {
     pub params: Value,
 }
 
+/// Where a job's answer is published: the outcome for most jobs, the
+/// location (before the flatten ends) for `background` and `cluster`.
+pub type Answered = watch::Receiver<Option<Result<Value, RpcError>>>;
+
 /// What `start` decided.
 #[derive(Debug)]
 pub enum Start {
-    /// Run it: the job is registered, stop it through this flag.
-    Run(CancelFlag),
-    /// The same request_id is running: wait for its outcome.
-    Join(watch::Receiver<Option<Result<Value, RpcError>>>),
+    /// Run it: the job is registered, stop it through the flag; its answer
+    /// comes through the receiver.
+    Run(CancelFlag, Answered),
+    /// The same request_id is running: wait for its answer.
+    Join(Answered),
     /// The same request_id already succeeded: its result.
     Done(Value),
 }
@@ -131,6 +140,7 @@ impl JobRecord {
             phase: Phase::Preflight,
             done: 0,
             total: 0,
+            position: None,
             started_unix: now_unix(),
             finished_unix: None,
             result: None,
@@ -138,7 +148,7 @@ impl JobRecord {
             cancel: CancelFlag::default(),
             params: new.params,
             domain_uuid: new.domain_uuid,
-            ended: Arc::new(watch::channel(None).0),
+            answered: Arc::new(watch::channel(None).0),
         }
     }
 }
@@ -174,12 +184,12 @@ impl Jobs {
                         format!("request_id {rid:?} was used for a different request (job {}); use a new request_id", job.job_id),
                     ));
                 }
-                match job.state {
-                    JobState::Running => return Ok(Start::Join(job.ended.subscribe())),
-                    JobState::Succeeded => {
-                        return Ok(Start::Done(job.result.clone().unwrap_or_default()))
-                    }
-                    JobState::Failed => {}
+                // a result means the image exists, even if its flatten failed
+                if let Some(result) = &job.result {
+                    return Ok(Start::Done(result.clone()));
+                }
+                if job.state == JobState::Running {
+                    return Ok(Start::Join(job.answered.subscribe()));
                 }
             }
         }
@@ -193,9 +203,52 @@ impl Jobs {
             ));
         }
         let record = JobRecord::new(new, JobState::Running);
-        let cancel = record.cancel.clone();
+        let started = Start::Run(record.cancel.clone(), record.answered.subscribe());
         inner.jobs.insert(record.job_id.clone(), record);
-        Ok(Start::Run(cancel))
+        Ok(started)
+    }
+
+    /// A job that answered before its end (the flatten goes on after the
+    /// location was given): registered as running, with its result, and
+    /// holding no domain (the guest is done with). For recovery.
+    pub fn resume(&self, new: NewJob, result: Value, recovery: Vec<String>) -> CancelFlag {
+        let mut record = JobRecord::new(new, JobState::Running);
+        record.recovery = recovery;
+        record.result = Some(result.clone());
+        let _ = record.answered.send(Some(Ok(result)));
+        let cancel = record.cancel.clone();
+        self.lock().jobs.insert(record.job_id.clone(), record);
+        cancel
+    }
+
+    /// The job's answer, before its end: the location is given, the guest
+    /// is done with, so the domain is free for its next snapshot.
+    pub fn answer(&self, job_id: &str, result: Value) {
+        let mut inner = self.lock();
+        let Some(job) = inner.jobs.get_mut(job_id) else {
+            return;
+        };
+        job.result = Some(result.clone());
+        let _ = job.answered.send(Some(Ok(result)));
+        let domain = job.domain_uuid.clone();
+        inner.busy_domains.remove(&domain);
+        drop(inner);
+        self.ended.notify_waiters();
+    }
+
+    /// Ask one job to stop; its state, or `None` for an unknown job.
+    pub fn cancel(&self, job_id: &str) -> Option<JobState> {
+        let inner = self.lock();
+        let job = inner.jobs.get(job_id)?;
+        if job.state == JobState::Running {
+            job.cancel.store(true, Ordering::SeqCst);
+        }
+        Some(job.state)
+    }
+
+    /// Wake when a job ends or answers (a domain may be free again).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.ended.notified()
     }
 
     /// Jobs known from the journal's end records (finished before a
@@ -211,16 +264,36 @@ impl Jobs {
         record.started_unix = at;
         record.recovery = recovery;
         let job_id = record.job_id.clone();
+        // a background job whose flatten failed: the image exists (its result
+        // stands for retries), the job failed
+        let flatten_error = outcome
+            .as_ref()
+            .ok()
+            .and_then(|r| r.get("flatten_error"))
+            .and_then(|e| serde_json::from_value::<RpcError>(e.clone()).ok());
+        let outcome = match flatten_error {
+            Some(error) => {
+                record.result = outcome.ok();
+                Err(error)
+            }
+            None => outcome,
+        };
         let mut inner = self.lock();
         inner.jobs.insert(job_id.clone(), record);
         drop(inner);
         self.finish(&job_id, &outcome);
     }
 
-    /// Record a job's progress.
-    pub fn progress(&self, job_id: &str, p: Progress) {
-        if let Some(job) = self.lock().jobs.get_mut(job_id) {
-            (job.phase, job.done, job.total) = (p.phase, p.done, p.total);
+    /// Record a job's progress; whether its requester still waits for the
+    /// answer (and so wants the progress too).
+    pub fn progress(&self, job_id: &str, p: Progress) -> bool {
+        match self.lock().jobs.get_mut(job_id) {
+            Some(job) => {
+                (job.phase, job.done, job.total, job.position) =
+                    (p.phase, p.done, p.total, p.position);
+                job.result.is_none()
+            }
+            None => false,
         }
     }
 
@@ -235,7 +308,13 @@ impl Jobs {
             Ok(result) => (job.state, job.result) = (JobState::Succeeded, Some(result.clone())),
             Err(error) => (job.state, job.error) = (JobState::Failed, Some(error.clone())),
         }
-        let _ = job.ended.send(Some(outcome.clone()));
+        // an answered job keeps its answer (the image exists)
+        job.answered.send_if_modified(|answer| {
+            answer.is_none() && {
+                *answer = Some(outcome.clone());
+                true
+            }
+        });
         let domain = job.domain_uuid.clone();
         inner.busy_domains.remove(&domain);
         inner.finished.push_back(job_id.to_string());
@@ -284,6 +363,19 @@ impl Jobs {
             .jobs
             .values()
             .filter(|j| j.state == JobState::Running)
+        {
+            job.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Stop every running job that answered already (its flatten), e.g. to
+    /// resume it after a restart.
+    pub fn cancel_answered(&self) {
+        for job in self
+            .lock()
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running && j.result.is_some())
         {
             job.cancel.store(true, Ordering::SeqCst);
         }

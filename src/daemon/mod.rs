@@ -3,6 +3,8 @@
 //! request into a [`Call`]; [`Daemon::handle`] carries it out.
 
 mod backends;
+mod background;
+mod cancel;
 mod create;
 mod delete;
 mod jobs;
@@ -24,7 +26,7 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::journal::Journal;
 use crate::protocol::{Call, ErrorKind, ProgressParams, RpcError};
-use crate::snapshot::{Settings, StepLog};
+use crate::snapshot::{FlattenSlots, Settings, StepLog};
 
 /// Where a request's progress notifications go (the request's connection).
 pub type Notify = Arc<dyn Fn(ProgressParams) + Send + Sync>;
@@ -46,6 +48,8 @@ pub struct Daemon {
     pub journal: Arc<Journal>,
     /// Jobs a previous run left unfinished that could not be recovered yet.
     pub recovery: recover::Recovery,
+    /// The host-wide flatten slots.
+    pub slots: Arc<FlattenSlots>,
     started: Instant,
     shutting_down: AtomicBool,
 }
@@ -57,6 +61,7 @@ impl Daemon {
         Arc::new(Daemon {
             journal: Arc::new(journal),
             recovery: recover::Recovery::default(),
+            slots: FlattenSlots::new(config.snapshot.max_concurrent_flattens),
             settings: config.settings(),
             backends: Arc::new(Backends::new(&config)),
             config,
@@ -103,6 +108,7 @@ impl Daemon {
             }
             Call::JobsList => queries::jobs_list(self),
             Call::JobsGet(params) => queries::jobs_get(self, &params.job_id),
+            Call::JobsCancel(params) => cancel::jobs_cancel(self, &params.job_id),
             Call::DomainDisks(params) => queries::domain_disks(self, params.domain).await,
             Call::DaemonStatus => queries::daemon_status(self),
         };

@@ -57,6 +57,7 @@ pub(super) fn daemon_status(daemon: &Daemon) -> Result<Value, RpcError> {
     let libvirt = daemon.backends.libvirt_status();
     let ceph = daemon.backends.ceph_status();
     let fsid = daemon.backends.store().ok().and_then(|s| s.fsid().ok());
+    let (running, queued) = daemon.slots.usage();
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": daemon.uptime_secs(),
@@ -67,6 +68,7 @@ pub(super) fn daemon_status(daemon: &Daemon) -> Result<Value, RpcError> {
             "conf": daemon.backends.ceph_conf(), "connected": ceph.connected, "fsid": fsid, "error": ceph.error,
         },
         "jobs_in_flight": daemon.jobs.running(),
+        "flattens": { "limit": daemon.slots.limit(), "running": running, "queued": queued },
         "recovery": daemon.recovery.status(),
         "counters": to_value(&daemon.stats.counters())?,
         "freeze_window_ms": to_value(&daemon.stats.freeze_windows())?,

@@ -9,10 +9,14 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use tracing::Instrument;
+
+use super::background::{self, AfterAnswer};
 use super::jobs::{now_unix, NewJob};
 use super::Daemon;
 use crate::journal::{Outcome, Record};
 use crate::recovery::{self, Orphan, Recovered, Trail};
+use crate::snapshot::JobHooks;
 
 /// How often pending recovery is retried.
 const RETRY: Duration = Duration::from_secs(2);
@@ -125,9 +129,70 @@ impl Daemon {
                     tracing::warn!(job_id = %trail.job_id, reason = %why, "recovery pending");
                     inner.0.push((trail, why));
                 }
+                Recovered::Resume {
+                    result,
+                    actions,
+                    mode,
+                    dests,
+                } => {
+                    inner.1 += 1;
+                    drop(inner);
+                    self.resume_flatten(
+                        &trail,
+                        result,
+                        actions,
+                        AfterAnswer {
+                            mode,
+                            dests,
+                            tasks: Vec::new(),
+                        },
+                    );
+                }
             }
         }
         self.recovery.pending()
+    }
+
+    /// Register an answered job whose flatten had not ended, and finish it
+    /// in the background.
+    fn resume_flatten(
+        self: &Arc<Self>,
+        trail: &Trail,
+        result: Value,
+        actions: Vec<String>,
+        after: AfterAnswer,
+    ) {
+        tracing::warn!(job_id = %trail.job_id, actions = ?actions, "resuming the flatten of a job a previous run left unfinished");
+        let new = new_job(
+            &trail.job_id,
+            trail.request_id.clone(),
+            &trail.params,
+            &trail.domain_uuid,
+        );
+        let cancel = self.jobs.resume(new.clone(), result.clone(), actions);
+        let store = match self.backends.store() {
+            Ok(store) => store,
+            Err(error) => {
+                // journal untouched: the next start tries again
+                self.jobs.finish(&new.job_id, &Err(error));
+                return;
+            }
+        };
+        let (daemon, job_id) = (Arc::clone(self), trail.job_id.clone());
+        let hooks = JobHooks {
+            progress: Arc::new(move |p| {
+                daemon.jobs.progress(&job_id, p);
+            }),
+            cancel,
+            log: self.step_log(),
+            slots: Arc::clone(&self.slots),
+        };
+        let daemon = Arc::clone(self);
+        let span = tracing::info_span!("job", job_id = %trail.job_id);
+        tokio::spawn(
+            async move { background::flatten(&daemon, &store, new, result, after, hooks).await }
+                .instrument(span),
+        );
     }
 
     /// A job whose own rollback failed (Ceph went away mid-job): its

@@ -19,6 +19,7 @@ pub fn snapshot_error(err: &SnapshotError, job_id: &str) -> RpcError {
         S::NoDestinationPool => ErrorKind::NoDestinationPool,
         S::ImageExists => ErrorKind::ImageExists,
         S::SnapshotLimit => ErrorKind::SnapshotLimit,
+        S::Unsupported => ErrorKind::Unsupported,
         S::AgentUnavailable => ErrorKind::AgentUnavailable,
         S::FreezeFailed => ErrorKind::FreezeFailed,
         S::FreezeTimeout => ErrorKind::FreezeTimeout,

@@ -53,6 +53,7 @@ error_kinds! {
     ImageInUse = 1014, "image_in_use";
     NotOurs = 1015, "not_ours";
     SnapshotLimit = 1016, "snapshot_limit";
+    Unsupported = 1017, "unsupported";
     AgentUnavailable = 1020, "agent_unavailable";
     FreezeFailed = 1021, "freeze_failed";
     FreezeTimeout = 1022, "freeze_timeout";

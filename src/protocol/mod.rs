@@ -82,13 +82,16 @@ pub struct ProgressParams {
     pub id: Value,
     /// The job doing the work.
     pub job_id: String,
-    /// Workflow phase (`preflight`, `freeze`, `clone`, `flatten`, `finish`,
-    /// `rollback`).
+    /// Workflow phase (`preflight`, `freeze`, `clone`, `queued`, `flatten`,
+    /// `finish`, `rollback`).
     pub phase: String,
     /// Units done in this phase (bytes for `flatten`).
     pub done: u64,
     /// Units in this phase (0 when unknown).
     pub total: u64,
+    /// In phase `queued`: the place in the host's flatten queue, 1 = next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
 }
 
 /// A notification as written to the wire.

@@ -29,9 +29,13 @@ pub struct CreateParams {
     /// `required` | `preferred` | `off` (default: the configured one).
     #[serde(default)]
     pub quiesce: Option<String>,
-    /// `sync` | `none` (default `sync`).
+    /// `sync` | `background` | `cluster` | `none` (default `sync`).
     #[serde(default)]
     pub flatten: Option<String>,
+    /// When the domain already has a snapshot running: `reject` (answer
+    /// `busy`) or `wait` for it to end (default: the configured one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_busy: Option<String>,
     /// Idempotency key: a retry with the same key (and the same params)
     /// returns the first result or joins the running job.
     #[serde(default)]
@@ -90,6 +94,8 @@ pub enum Call {
     JobsList,
     /// `jobs.get`.
     JobsGet(JobParams),
+    /// `jobs.cancel`.
+    JobsCancel(JobParams),
     /// `domain.disks`.
     DomainDisks(DomainParams),
     /// `daemon.status`.
@@ -102,6 +108,7 @@ pub const METHODS: &[&str] = &[
     "snapshot.delete",
     "jobs.list",
     "jobs.get",
+    "jobs.cancel",
     "domain.disks",
     "daemon.status",
 ];
@@ -114,6 +121,7 @@ impl Call {
             "snapshot.delete" => delete_target(parse(params)?)?,
             "jobs.list" => parse::<NoParams>(params).map(|_| Call::JobsList)?,
             "jobs.get" => Call::JobsGet(parse(params)?),
+            "jobs.cancel" => Call::JobsCancel(parse(params)?),
             "domain.disks" => {
                 let p: DomainParams = parse(params)?;
                 check_name("domain", &p.domain)?;
@@ -197,10 +205,18 @@ fn check_create(p: CreateParams) -> Result<CreateParams, RpcError> {
         }
     }
     if let Some(f) = p.flatten.as_deref() {
-        if !["sync", "none"].contains(&f) {
+        if !["sync", "background", "cluster", "none"].contains(&f) {
             return Err(RpcError::new(
                 ErrorKind::InvalidParams,
-                format!("flatten {f:?} is not one of sync, none"),
+                format!("flatten {f:?} is not one of sync, background, cluster, none"),
+            ));
+        }
+    }
+    if let Some(b) = p.on_busy.as_deref() {
+        if !["reject", "wait"].contains(&b) {
+            return Err(RpcError::new(
+                ErrorKind::InvalidParams,
+                format!("on_busy {b:?} is not one of reject, wait"),
             ));
         }
     }

@@ -55,7 +55,11 @@ impl Cluster {
 
     /// Create a handle for cephx user `id`, read `conf` and connect. The
     /// handle is freed on every failure.
-    pub(super) fn connect(conf: &str, id: &str) -> Result<Cluster, RbdError> {
+    pub(super) fn connect(
+        conf: &str,
+        id: &str,
+        options: &[(&str, String)],
+    ) -> Result<Cluster, RbdError> {
         let c_conf = c_string("connect", &conf, conf)?;
         let c_id = c_string("connect", &conf, id)?;
         let target = || format!("{conf} as client.{id}");
@@ -67,6 +71,15 @@ impl Cluster {
         // SAFETY: a fresh, not yet connected handle; `c_conf` is a C string.
         let rc = unsafe { rados::rados_conf_read_file(cluster.0, c_conf.as_ptr()) };
         RbdError::check("read ceph.conf", rc, target)?;
+        for (key, value) in options {
+            let (c_key, c_value) = (
+                c_string("connect", key, key)?,
+                c_string("connect", key, value)?,
+            );
+            // SAFETY: a configured, unconnected handle; both are C strings.
+            let rc = unsafe { rados::rados_conf_set(cluster.0, c_key.as_ptr(), c_value.as_ptr()) };
+            RbdError::check("set ceph option", rc, || format!("{key} = {value}"))?;
+        }
         // SAFETY: a configured handle, connected once.
         let rc = unsafe { rados::rados_connect(cluster.0) };
         RbdError::check("connect", rc, target)?;

@@ -5,13 +5,14 @@
 //! open waits out a notify timeout until the watch expires (~30 s) — and a
 //! not-quite-dead process could no longer touch the images.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::os::raw::c_char;
 use std::ptr;
 
 use ceph::rados;
 
 use super::cluster::Cluster;
+use super::command::Daemon;
 use super::ffi;
 use super::RbdError;
 
@@ -61,31 +62,6 @@ impl Cluster {
         target: &str,
         cmd: &serde_json::Value,
     ) -> Result<(), RbdError> {
-        let cmd = CString::new(cmd.to_string()).map_err(|_| RbdError::bad_name(op, target))?;
-        let mut cmds = [cmd.as_ptr()];
-        let (mut outbuf, mut outlen, mut outs, mut outslen) =
-            (ptr::null_mut(), 0, ptr::null_mut(), 0);
-        // SAFETY: one valid command string that outlives the call; librados
-        // allocates the output buffers, freed below with rados_buffer_free.
-        let rc = unsafe {
-            rados::rados_mon_command(
-                self.raw(),
-                cmds.as_mut_ptr(),
-                1,
-                ptr::null(),
-                0,
-                &mut outbuf,
-                &mut outlen,
-                &mut outs,
-                &mut outslen,
-            )
-        };
-        for buf in [outbuf, outs] {
-            if !buf.is_null() {
-                // SAFETY: allocated by librados for this call, freed once.
-                unsafe { rados::rados_buffer_free(buf) };
-            }
-        }
-        RbdError::check(op, rc, || target.to_string()).map(|_| ())
+        self.command(Daemon::Mon, op, target, cmd).map(drop)
     }
 }

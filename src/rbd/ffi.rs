@@ -201,7 +201,7 @@ extern "C" {
 }
 
 // librados comes through the `ceph` crate's bindings (`ceph::rados`); the
-// one call the store needs that the crate (3.2.5) does not declare:
+// calls the store needs that the crate (3.2.5) does not declare:
 #[link(name = "rados")]
 extern "C" {
     pub fn rados_getaddrs(cluster: rados_t, addrs: *mut *mut c_char) -> c_int;
@@ -209,5 +209,16 @@ extern "C" {
         cluster: rados_t,
         min_compat_client: *mut i8,
         require_min_compat_client: *mut i8,
+    ) -> c_int;
+    pub fn rados_mgr_command(
+        cluster: rados_t,
+        cmd: *mut *const c_char,
+        cmdlen: usize,
+        inbuf: *const c_char,
+        inbuflen: usize,
+        outbuf: *mut *mut c_char,
+        outbuflen: *mut usize,
+        outs: *mut *mut c_char,
+        outslen: *mut usize,
     ) -> c_int;
 }

@@ -11,6 +11,7 @@
 //! async runtime, each with a deadline.
 
 mod cluster;
+mod command;
 mod error;
 mod fence;
 pub mod ffi;
@@ -18,9 +19,11 @@ mod flatten;
 mod image;
 mod lookup;
 mod store;
+mod tasks;
 
 pub use error::{RbdError, RbdErrorKind};
 pub use store::CephStore;
+pub use tasks::MgrTask;
 
 use std::fmt;
 use std::sync::Arc;
@@ -156,4 +159,35 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
 
     /// Remove an image (it must have no snapshots left).
     fn remove_image(&self, image: &ImageSpec) -> Result<(), RbdError>;
+
+    /// Whether the cluster's manager can take flatten tasks (checked before
+    /// a `cluster` flatten touches the guest).
+    fn check_flatten_tasks(&self) -> Result<(), RbdError> {
+        Err(no_manager("mgr flatten"))
+    }
+
+    /// Queue the flatten of `image` as a manager task (or find the one
+    /// queued before); its task id.
+    fn add_flatten_task(&self, _image: &ImageSpec) -> Result<String, RbdError> {
+        Err(no_manager("mgr flatten"))
+    }
+
+    /// A manager task, `None` once it left the task list.
+    fn flatten_task(&self, _task_id: &str) -> Result<Option<MgrTask>, RbdError> {
+        Err(no_manager("mgr task"))
+    }
+
+    /// Cancel a manager task (one already gone is not an error).
+    fn cancel_flatten_task(&self, _task_id: &str) -> Result<(), RbdError> {
+        Err(no_manager("mgr task cancel"))
+    }
+}
+
+fn no_manager(op: &'static str) -> RbdError {
+    RbdError::new(
+        op,
+        "cluster",
+        RbdErrorKind::Invalid,
+        "this image store has no Ceph manager",
+    )
 }

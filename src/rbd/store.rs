@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::cluster::{Cluster, Pool};
 use super::ffi;
 use super::image::{c_string, RbdImage};
-use super::{CloneFormat, Image, ImageSpec, ImageStore, RbdError, RbdErrorKind};
+use super::{CloneFormat, Image, ImageSpec, ImageStore, MgrTask, RbdError, RbdErrorKind};
 
 /// What every clone gets: layering (it is a clone), deep-flatten (so that
 /// flatten also detaches the clone's own snapshots) and the exclusive-lock,
@@ -45,6 +45,17 @@ impl CephStore {
     /// timeout`, `client mount timeout`) belong in that file: without them a
     /// dead OSD or mon makes calls hang instead of fail.
     pub fn connect(conf: &Path, client_id: &str) -> Result<CephStore, RbdError> {
+        CephStore::connect_with(conf, client_id, &[])
+    }
+
+    /// [`CephStore::connect`], with Ceph options set over the file's (e.g.
+    /// `rbd_concurrent_management_ops`, how many objects a flatten copies
+    /// at once).
+    pub fn connect_with(
+        conf: &Path,
+        client_id: &str,
+        options: &[(&str, String)],
+    ) -> Result<CephStore, RbdError> {
         let conf = conf.to_str().ok_or_else(|| {
             let target = conf.display().to_string();
             RbdError::new(
@@ -56,7 +67,7 @@ impl CephStore {
         })?;
         Ok(CephStore {
             pools: Mutex::new(HashMap::new()),
-            cluster: Arc::new(Cluster::connect(conf, client_id)?),
+            cluster: Arc::new(Cluster::connect(conf, client_id, options)?),
         })
     }
 
@@ -188,6 +199,22 @@ impl ImageStore for CephStore {
             )
         };
         RbdError::check("clone", rc, || target).map(drop)
+    }
+
+    fn check_flatten_tasks(&self) -> Result<(), RbdError> {
+        self.cluster.check_flatten_tasks()
+    }
+
+    fn add_flatten_task(&self, image: &ImageSpec) -> Result<String, RbdError> {
+        self.cluster.add_flatten_task(image)
+    }
+
+    fn flatten_task(&self, task_id: &str) -> Result<Option<MgrTask>, RbdError> {
+        self.cluster.task(task_id)
+    }
+
+    fn cancel_flatten_task(&self, task_id: &str) -> Result<(), RbdError> {
+        self.cluster.cancel_task(task_id)
     }
 
     fn remove_image(&self, image: &ImageSpec) -> Result<(), RbdError> {

@@ -27,6 +27,9 @@ pub enum SnapshotErrorKind {
     ImageExists,
     /// The source image's snapshot limit is reached.
     SnapshotLimit,
+    /// The cluster cannot do what was asked (e.g. a `background` flatten
+    /// without clone v2, a `cluster` flatten without a manager).
+    Unsupported,
     /// Quiesce required, but the guest agent is absent or not answering.
     AgentUnavailable,
     /// Quiesce required, but the freeze failed (e.g. the guest's hook).

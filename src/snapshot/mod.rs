@@ -18,8 +18,10 @@
 mod blocking;
 pub mod capture;
 mod error;
+pub mod flatten;
 pub mod preflight;
 pub mod saga;
+mod slots;
 mod steplog;
 mod types;
 pub mod workflow;
@@ -30,6 +32,7 @@ mod fakes;
 mod tests;
 
 pub use error::{SnapshotError, SnapshotErrorKind};
+pub use slots::{FlattenSlots, Slot};
 pub use steplog::{NoLog, Step, StepLog};
 pub use types::*;
 pub use workflow::run;

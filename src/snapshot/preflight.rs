@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use super::blocking;
-use super::{QuiescePolicy, Settings, SnapshotError, SnapshotErrorKind as Kind, SnapshotRequest};
+use super::{
+    FlattenMode, QuiescePolicy, Settings, SnapshotError, SnapshotErrorKind as Kind, SnapshotRequest,
+};
 use crate::libvirt::{
     AgentChannel, Disk, DiskSource, DomainInfo, DomainState, FsInfo, Hypervisor, LibvirtErrorKind,
 };
@@ -71,6 +73,7 @@ pub async fn plan(
         })
         .await?
     };
+    check_flatten_mode(store, settings, req.flatten, clone_format).await?;
     let mut disks = Vec::with_capacity(selected.len());
     for (disk, source) in &selected {
         let dest_name = if selected.len() == 1 {
@@ -98,6 +101,44 @@ pub async fn plan(
         clone_format,
         freeze,
     })
+}
+
+/// `background` and `cluster` answer before the flatten, so the temporary
+/// snapshot must be removable at once (clone v2 moves it to the trash) and
+/// `snap` must detach with the image (deep-flatten, set on every clone);
+/// `cluster` also needs a manager that takes flatten tasks.
+async fn check_flatten_mode(
+    store: &Arc<dyn ImageStore>,
+    settings: &Settings,
+    mode: FlattenMode,
+    format: CloneFormat,
+) -> Result<(), SnapshotError> {
+    if !mode.after_answer() {
+        return Ok(());
+    }
+    if format != CloneFormat::V2 {
+        return Err(SnapshotError::new(
+            Kind::Unsupported,
+            format!("flatten {mode:?} needs clone v2, and this cluster (or the config's clone_format) allows only v1: set `ceph osd set-require-min-compat-client mimic`, or use flatten sync").to_lowercase(),
+        ));
+    }
+    if mode == FlattenMode::Cluster {
+        let store = Arc::clone(store);
+        blocking::store("mgr check", settings.call_deadline, move || {
+            store.check_flatten_tasks()
+        })
+        .await
+        .map_err(|e| {
+            SnapshotError::new(
+                Kind::Unsupported,
+                format!(
+                    "flatten cluster needs the Ceph manager's rbd_support module: {}",
+                    e.message
+                ),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn check_image_name(name: &str) -> Result<(), SnapshotError> {

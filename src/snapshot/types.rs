@@ -28,9 +28,25 @@ pub enum FlattenMode {
     /// Copy the parent's data into the new image before answering (Nova).
     #[default]
     Sync,
+    /// Answer once the new image and its `snap` exist, then flatten in this
+    /// daemon (resumed after a restart). Needs clone v2 (the temporary
+    /// snapshot goes at once, to the trash until the flatten ends) and the
+    /// deep-flatten feature (so `snap` is detached too).
+    Background,
+    /// Like `Background`, but the flatten is a Ceph manager task: it goes on
+    /// whatever happens to this host.
+    Cluster,
     /// Leave the new image a clone of the source: fast, but the source image
     /// keeps a (trashed, for clone v2) snapshot while the new image lives.
     None,
+}
+
+impl FlattenMode {
+    /// Whether the flatten runs after the answer (the location is usable
+    /// before the image is independent of its source).
+    pub fn after_answer(self) -> bool {
+        matches!(self, FlattenMode::Background | FlattenMode::Cluster)
+    }
 }
 
 /// One snapshot request, already validated at the edge.
@@ -108,6 +124,8 @@ pub enum Phase {
     Freeze,
     /// Cloning the temporary snapshots.
     Clone,
+    /// Waiting for one of the host's flatten slots.
+    Queued,
     /// Copying parent data into the new images.
     Flatten,
     /// Final snapshot and clean-up.
@@ -125,6 +143,20 @@ pub struct Progress {
     pub done: u64,
     /// Units in this phase (0 when unknown).
     pub total: u64,
+    /// In phase `queued`: the place in the host's flatten queue, 1 = next.
+    pub position: Option<u64>,
+}
+
+impl Progress {
+    /// A report of `done` of `total` in `phase`.
+    pub fn new(phase: Phase, done: u64, total: u64) -> Progress {
+        Progress {
+            phase,
+            done,
+            total,
+            position: None,
+        }
+    }
 }
 
 /// Where progress reports go.
@@ -139,6 +171,8 @@ pub struct JobHooks {
     pub cancel: CancelFlag,
     /// The crash journal.
     pub log: Arc<dyn super::StepLog>,
+    /// The host-wide flatten slots this job's flattens queue for.
+    pub slots: Arc<super::FlattenSlots>,
 }
 
 impl Default for JobHooks {
@@ -147,6 +181,7 @@ impl Default for JobHooks {
             progress: Arc::new(|_| {}),
             cancel: CancelFlag::default(),
             log: Arc::new(super::NoLog),
+            slots: super::FlattenSlots::new(0),
         }
     }
 }
@@ -199,8 +234,12 @@ pub struct DiskResult {
     pub snapshot: String,
     /// `rbd://<fsid>/<pool>/<image>/snap`.
     pub location: String,
-    /// Whether the new image still depends on the source (flatten `none`).
+    /// The source snapshot the new image still depends on: with flatten
+    /// `none` for good, with `background`/`cluster` until the flatten ends.
     pub parent: Option<String>,
+    /// With flatten `cluster`: the Ceph manager task flattening the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flatten_task: Option<String>,
 }
 
 /// The outcome of a snapshot job.
@@ -224,6 +263,10 @@ pub struct SnapshotResult {
     pub frozen_filesystems: u32,
     /// Clone format used.
     pub clone_format: CloneFormat,
+    /// How the images are (being) flattened.
+    pub flatten: FlattenMode,
+    /// Whether every image is independent of its source already.
+    pub flattened: bool,
     /// Step times.
     pub timings: Timings,
 }

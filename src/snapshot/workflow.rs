@@ -1,13 +1,13 @@
 //! The whole job: pre-flight, the freeze window, then clone → flatten →
 //! final snapshot inside Ceph, with every completed step undone on failure.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::blocking::{self, with_deadline, Late};
 use super::capture::{self, Captured};
+use super::flatten;
 use super::preflight::{self, Plan, PlannedDisk};
 use super::saga::{Saga, Undo};
 use super::{
@@ -109,7 +109,7 @@ impl Job<'_> {
     }
 
     fn report(&self, phase: Phase, done: u64, total: u64) {
-        (self.hooks.progress)(Progress { phase, done, total });
+        (self.hooks.progress)(Progress::new(phase, done, total));
     }
 
     async fn execute(
@@ -146,7 +146,14 @@ impl Job<'_> {
         let flatten_started = Instant::now();
         if self.req.flatten == FlattenMode::Sync {
             for disk in &plan.disks {
-                self.flatten(disk, saga).await?;
+                flatten::local(&self.store, &disk.dest, self.settings, &self.hooks)
+                    .await
+                    .map_err(|stopped| {
+                        if let Some(running) = stopped.running {
+                            saga.set_pending_for(&disk.dest, running);
+                        }
+                        stopped.error
+                    })?;
             }
             self.checkpoint("flattened");
         }
@@ -161,6 +168,12 @@ impl Job<'_> {
                 dest: disk.dest.clone(),
             })?;
         }
+        let mut tasks = Vec::new();
+        if self.req.flatten == FlattenMode::Cluster {
+            for disk in &plan.disks {
+                tasks.push(flatten::queue_task(&self.store, &disk.dest, self.settings).await?);
+            }
+        }
         let timings = Timings {
             freeze_ms: captured.freeze_ms,
             snap_ms: captured.snap_ms,
@@ -170,7 +183,7 @@ impl Job<'_> {
             flatten_ms,
             total_ms: ms(started),
         };
-        Ok(self.result(plan, captured, &temp, timings))
+        Ok(self.result(plan, captured, &temp, timings, tasks))
     }
 
     /// Clone the temporary snapshot into the destination; v1 protects first.
@@ -237,75 +250,6 @@ impl Job<'_> {
         }
     }
 
-    /// Flatten with progress in bytes (librbd counts objects), stopping
-    /// when the job is cancelled. A flatten that makes no progress for
-    /// `flatten_stall` (an OSD gone: librbd then waits, whatever the client
-    /// timeouts) fails the job; its thread is told to stop when it wakes,
-    /// and the rollback waits for it before removing the clone.
-    async fn flatten(&self, disk: &PlannedDisk, saga: &mut Saga) -> Result<(), SnapshotError> {
-        let (store, dest) = (Arc::clone(&self.store), disk.dest.clone());
-        let (sink, cancel) = (
-            Arc::clone(&self.hooks.progress),
-            Arc::clone(&self.hooks.cancel),
-        );
-        let stalled = Arc::new(AtomicBool::new(false));
-        let last_progress = Arc::new(Mutex::new(Instant::now()));
-        let (stop, seen) = (Arc::clone(&stalled), Arc::clone(&last_progress));
-        let mut handle = tokio::task::spawn_blocking(move || {
-            let image = store.open(&dest)?;
-            let bytes = image.size()?;
-            let mut report = move |done: u64, total: u64| {
-                *seen.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-                let done_bytes = if total == 0 {
-                    bytes
-                } else {
-                    (u128::from(bytes) * u128::from(done) / u128::from(total)) as u64
-                };
-                sink(Progress {
-                    phase: Phase::Flatten,
-                    done: done_bytes,
-                    total: bytes,
-                });
-                !cancel.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst)
-            };
-            image.flatten(&mut report)
-        });
-        let started = Instant::now();
-        loop {
-            tokio::select! {
-                joined = &mut handle => {
-                    return match joined {
-                        Ok(outcome) => outcome.map_err(|e| SnapshotError::rbd(&e)),
-                        Err(e) => Err(SnapshotError::new(Kind::Ceph, format!("flatten task failed: {e}"))),
-                    };
-                }
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-            let quiet = last_progress
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .elapsed();
-            let message = if quiet > self.settings.flatten_stall {
-                format!(
-                    "the flatten of {} made no progress for {} s (is an OSD down?)",
-                    disk.dest,
-                    quiet.as_secs()
-                )
-            } else if started.elapsed() > self.settings.flatten_deadline {
-                format!(
-                    "the flatten of {} did not finish within {} s",
-                    disk.dest,
-                    self.settings.flatten_deadline.as_secs()
-                )
-            } else {
-                continue;
-            };
-            stalled.store(true, Ordering::SeqCst);
-            saga.set_pending_for(&disk.dest, handle);
-            return Err(SnapshotError::new(Kind::CephUnavailable, message));
-        }
-    }
-
     /// Drop the temporary snapshot (unless a v1 clone still needs it), then
     /// `snap` + protect and our marks on the new image.
     async fn finish_disk(
@@ -341,12 +285,14 @@ impl Job<'_> {
         captured: Captured,
         temp: &str,
         timings: Timings,
+        tasks: Vec<String>,
     ) -> SnapshotResult {
         let flattened = self.req.flatten == FlattenMode::Sync;
         let disks = plan
             .disks
             .iter()
-            .map(|d| DiskResult {
+            .enumerate()
+            .map(|(i, d)| DiskResult {
                 disk: d.target.clone(),
                 source: d.source.spec().to_string(),
                 pool: d.dest.pool.clone(),
@@ -357,6 +303,7 @@ impl Job<'_> {
                     plan.fsid, d.dest.pool, d.dest.name
                 ),
                 parent: (!flattened).then(|| format!("{}@{temp}", d.source.spec())),
+                flatten_task: tasks.get(i).cloned(),
             })
             .collect();
         SnapshotResult {
@@ -369,6 +316,8 @@ impl Job<'_> {
             consistency_reason: captured.reason,
             frozen_filesystems: captured.frozen,
             clone_format: plan.clone_format,
+            flatten: self.req.flatten,
+            flattened,
             timings,
         }
     }

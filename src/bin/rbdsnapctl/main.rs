@@ -70,10 +70,21 @@ enum Command {
         /// crash-consistent) or off [default: the daemon's]
         #[arg(long, value_enum)]
         quiesce: Option<Quiesce>,
-        /// Copy the parent's data now (sync) or leave a clone (none)
-        /// [default: sync]
+        /// Copy the parent's data before answering (sync), after it in the
+        /// daemon (background) or in the Ceph manager (cluster), or leave a
+        /// clone (none) [default: sync]
         #[arg(long, value_enum)]
         flatten: Option<Flatten>,
+        /// When the domain has a snapshot running, wait for it instead of
+        /// failing as busy
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop a running job: before its answer it is rolled back; after it
+    /// (background/cluster flatten) the image stays usable, not flattened
+    Cancel {
+        /// The job id (from `snapshot` or `jobs`)
+        job_id: String,
     },
     /// Delete an image this daemon made, by its location or pool and image
     Delete {
@@ -111,8 +122,10 @@ enum Quiesce {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Flatten {
     Sync,
+    Background,
+    Cluster,
     #[value(name = "none")]
-    NoFlatten,
+    Never,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -185,6 +198,15 @@ fn run(args: &Args) -> Result<(), Box<Failure>> {
         ),
         Command::Jobs { job_id: Some(_) } => render::job_detail(&result, None),
         Command::Jobs { job_id: None } => render::jobs_table(&result, None),
+        Command::Cancel { job_id } => match result.get("cancelling").and_then(Value::as_bool) {
+            Some(true) => {
+                format!("cancelling job {job_id}; `rbdsnapctl jobs {job_id}` shows its end\n")
+            }
+            _ => format!(
+                "job {job_id} already ended ({})\n",
+                result.get("state").and_then(Value::as_str).unwrap_or("?")
+            ),
+        },
         Command::Disks { .. } => render::disks(&result),
         Command::Status => render::status(&result),
     };
@@ -203,6 +225,7 @@ fn request(command: &Command) -> (&'static str, Value) {
             disks,
             quiesce,
             flatten,
+            wait,
         } => {
             let mut p = Map::new();
             p.insert("domain".into(), json!(domain));
@@ -224,9 +247,14 @@ fn request(command: &Command) -> (&'static str, Value) {
             if let Some(f) = flatten {
                 let f = match f {
                     Flatten::Sync => "sync",
-                    Flatten::NoFlatten => "none",
+                    Flatten::Background => "background",
+                    Flatten::Cluster => "cluster",
+                    Flatten::Never => "none",
                 };
                 p.insert("flatten".into(), json!(f));
+            }
+            if *wait {
+                p.insert("on_busy".into(), json!("wait"));
             }
             ("snapshot.create", Value::Object(p))
         }
@@ -241,6 +269,7 @@ fn request(command: &Command) -> (&'static str, Value) {
             job_id: Some(job_id),
         } => ("jobs.get", json!({ "job_id": job_id })),
         Command::Jobs { job_id: None } => ("jobs.list", json!({})),
+        Command::Cancel { job_id } => ("jobs.cancel", json!({ "job_id": job_id })),
         Command::Disks { domain } => ("domain.disks", json!({ "domain": domain })),
         Command::Status => ("daemon.status", json!({})),
     }

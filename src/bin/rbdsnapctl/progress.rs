@@ -79,6 +79,8 @@ pub fn describe(p: &ProgressParams, elapsed: Duration) -> String {
             render::bytes(p.done),
             render::bytes(p.total)
         )
+    } else if let Some(position) = p.position {
+        format!("#{position} in the host's flatten queue")
     } else {
         render::phase_progress(&p.phase, p.done, p.total)
     };
@@ -98,6 +100,7 @@ mod tests {
             phase: phase.into(),
             done,
             total,
+            position: None,
         }
     }
 

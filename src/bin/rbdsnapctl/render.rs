@@ -117,13 +117,22 @@ pub fn snapshot_summary(result: &Value) -> String {
         .into_iter()
         .flatten()
     {
-        if let Some(parent) = disk.get("parent").and_then(Value::as_str) {
-            let _ = writeln!(
+        let Some(parent) = disk.get("parent").and_then(Value::as_str) else {
+            continue;
+        };
+        let _ = match result.get("flatten").and_then(Value::as_str) {
+            Some(mode @ ("background" | "cluster")) => writeln!(
+                out,
+                "{}: usable now; flattening goes on ({mode}; `rbdsnapctl jobs {}` follows it)",
+                text(disk, "image"),
+                text(result, "job_id")
+            ),
+            _ => writeln!(
                 out,
                 "{}: not flattened, still a clone of {parent}",
                 text(disk, "image")
-            );
-        }
+            ),
+        };
     }
     out
 }

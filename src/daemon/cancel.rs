@@ -1,0 +1,24 @@
+//! `jobs.cancel`: ask a running job to stop at its next safe point. Before
+//! the answer (any flatten mode) the job rolls back: nothing it made is
+//! left. After the answer (`background`, `cluster`) only the flatten stops:
+//! the new image stays whole and usable, not flattened. A job that already
+//! ended is left alone, and the answer says so.
+
+use serde_json::{json, Value};
+
+use super::Daemon;
+use crate::protocol::{ErrorKind, RpcError};
+
+pub(super) fn jobs_cancel(daemon: &Daemon, job_id: &str) -> Result<Value, RpcError> {
+    let Some(state) = daemon.jobs.cancel(job_id) else {
+        return Err(RpcError::new(
+            ErrorKind::JobNotFound,
+            format!("no job {job_id:?} (the last 1024 finished jobs are kept, across restarts)"),
+        ));
+    };
+    let cancelling = state == super::JobState::Running;
+    if cancelling {
+        tracing::info!(job_id, "cancel requested");
+    }
+    Ok(json!({ "job_id": job_id, "state": state, "cancelling": cancelling }))
+}

@@ -1,0 +1,418 @@
+//! The flatten modes against the real cluster (with its manager): each
+//! makes an image whose `snap` holds the source's data, detached from the
+//! source where promised; `jobs.cancel` in `sync` (rolled back) and in
+//! `background` (left usable, a clone); the host-wide flatten limit with
+//! more requests than slots; a background flatten resumed after the daemon
+//! is stopped or killed; `cluster` refused without a manager; a second
+//! request for a busy domain waiting instead of failing.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::daemon::{self, Conn, DaemonProc, Msg, TempDir};
+use common::extra::ExtraCluster;
+use common::{BigDisk, Ceph};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+/// Slow flattens (one object at a time) for tests that act mid-flatten.
+const SLOW: &str = "[ceph]\nconcurrent_management_ops = 1";
+
+/// Whether the bed has a manager; required in CI, where the tests must run.
+fn manager() -> bool {
+    let has = std::env::var("RBDSNAPD_TEST_CEPH_MGR").as_deref() == Ok("1");
+    if !has && std::env::var("RBDSNAPD_REQUIRE_BED").as_deref() == Ok("1") {
+        panic!("the bed has no Ceph manager (dev/testbed up --mgr)");
+    }
+    has
+}
+
+/// Every snapshot of an image, trash namespace included.
+fn all_snapshots(ceph: &Ceph, image: &str) -> Vec<Value> {
+    let out = ceph.rbd(&["snap", "ls", "--all", "--format", "json", image], None);
+    serde_json::from_slice(&out).expect("snap ls JSON")
+}
+
+/// Poll `jobs.get` until the job is no longer running.
+fn wait_job(d: &DaemonProc, job_id: &str, within: Duration) -> Value {
+    let until = Instant::now() + within;
+    loop {
+        let job = d.connect().call("jobs.get", json!({ "job_id": job_id }));
+        assert!(job.is_ok(), "jobs.get: {:?}", job.0);
+        if job.result()["state"] != "running" {
+            return job.result().clone();
+        }
+        if Instant::now() > until {
+            d.fail(&format!(
+                "job still running after {within:?}: {}",
+                job.result()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Send a create and wait until its flatten is under way: (request id,
+/// job id).
+fn start_until_flatten(conn: &mut Conn, d: &DaemonProc, params: Value) -> (Value, String) {
+    let id = conn.fresh_id();
+    conn.send_request(&id, "snapshot.create", params);
+    loop {
+        match conn.read_message(Duration::from_secs(60)) {
+            Msg::Message(m) if m["params"]["phase"] == "flatten" => {
+                return (
+                    id,
+                    m["params"]["job_id"].as_str().expect("job_id").to_string(),
+                )
+            }
+            Msg::Message(m) if m.get("id").is_some() => {
+                d.fail(&format!("answered before the flatten: {m}"))
+            }
+            Msg::Message(_) => {}
+            other => d.fail(&format!("no flatten progress: {other:?}")),
+        }
+    }
+}
+
+/// The new image is whole: `snap` holds the source's bytes; detached from
+/// the source when `flattened`, else still its clone.
+fn assert_image(ceph: &Ceph, source: &str, image: &str, flattened: bool) {
+    let spec = format!("images/{image}");
+    let info = ceph.info(&spec);
+    assert_eq!(info.get("parent").is_none(), flattened, "{spec}: {info}");
+    let snap_info = ceph.info(&format!("{spec}@snap"));
+    assert_eq!(
+        snap_info.get("parent").is_none(),
+        flattened,
+        "{spec}@snap: {snap_info}"
+    );
+    assert!(
+        ceph.export(&format!("{spec}@snap")) == ceph.export(source),
+        "{spec}@snap does not hold the source's data"
+    );
+}
+
+fn delete(d: &DaemonProc, image: &str) {
+    let answer = d
+        .connect()
+        .call("snapshot.delete", json!({"pool": "images", "image": image}));
+    assert!(answer.is_ok(), "delete {image}: {:?}", answer.0);
+}
+
+#[test]
+fn each_mode_makes_a_whole_image_detached_where_promised() {
+    let Some(bed) = daemon::bed() else { return };
+    if !manager() {
+        return;
+    }
+    let d = bed.start("");
+    for (n, mode) in ["sync", "background", "cluster", "none"].iter().enumerate() {
+        let domain = format!("rbdsnapd-test-0{}", n + 2);
+        let source = format!("vms/testdrv-0{}-vda", n + 2);
+        let _disk = BigDisk::new(&bed.ceph, &source, "256M", "192M");
+        let image = common::unique(&format!("mode-{mode}"));
+        let started = Instant::now();
+        let answer = d.connect().call(
+            "snapshot.create",
+            json!({"domain": domain, "image": image, "flatten": mode}),
+        );
+        let to_location = started.elapsed();
+        assert!(answer.is_ok(), "{mode}: {:?}", answer.0);
+        let result = answer.result().clone();
+        assert_eq!(result["flatten"], *mode, "{result}");
+        assert_eq!(result["flattened"], *mode == "sync", "{result}");
+        let parent = &result["disks"][0]["parent"];
+        assert_eq!(parent.is_null(), *mode == "sync", "{result}");
+        assert_eq!(
+            result["disks"][0]["flatten_task"].is_string(),
+            *mode == "cluster",
+            "{result}"
+        );
+        // the location is usable at once in every mode
+        assert!(bed.ceph.exists(&format!("images/{image}@snap")));
+        if *mode == "background" || *mode == "cluster" {
+            let job = wait_job(
+                &d,
+                result["job_id"].as_str().expect("job_id"),
+                Duration::from_secs(120),
+            );
+            assert_eq!(job["state"], "succeeded", "{job}");
+            assert_eq!(job["result"]["flattened"], true, "{job}");
+            assert!(job["result"]["disks"][0]["parent"].is_null(), "{job}");
+        }
+        assert_image(&bed.ceph, &source, &image, *mode != "none");
+        let left = all_snapshots(&bed.ceph, &source);
+        if *mode == "none" {
+            assert_eq!(left.len(), 1, "the clone's parent snapshot: {left:?}");
+        } else {
+            assert!(left.is_empty(), "{source} keeps snapshots: {left:?}");
+        }
+        eprintln!("flatten {mode}: location after {to_location:?}");
+        delete(&d, &image);
+        assert!(all_snapshots(&bed.ceph, &source).is_empty(), "{source}");
+    }
+}
+
+#[test]
+fn cancel_rolls_back_a_sync_job_and_leaves_a_background_image_usable() {
+    let Some(bed) = daemon::bed() else { return };
+    let source = "vms/testdrv-06-vda";
+    let _disk = BigDisk::new(&bed.ceph, source, "1G", "1G");
+    let d = bed.start(SLOW);
+
+    // sync: cancelled mid-flatten, rolled back
+    let image = common::unique("cancel-sync");
+    let mut conn = d.connect();
+    let params = json!({"domain": "rbdsnapd-test-06", "image": image});
+    let (id, job_id) = start_until_flatten(&mut conn, &d, params);
+    let asked = Instant::now();
+    let cancel = d.connect().call("jobs.cancel", json!({ "job_id": job_id }));
+    assert_eq!(cancel.result()["cancelling"], true, "{:?}", cancel.0);
+    let answer = conn.wait_for(&id);
+    let took = asked.elapsed();
+    answer.assert_error(1026, "cancelled", "a cancelled sync flatten");
+    assert!(took < Duration::from_secs(5), "cancel took {took:?}");
+    assert!(
+        !bed.ceph.exists(&format!("images/{image}")),
+        "partial image left"
+    );
+    assert!(all_snapshots(&bed.ceph, source).is_empty(), "{source}");
+
+    // background: answered, then cancelled: a usable clone remains
+    let image = common::unique("cancel-bg");
+    let answer = d.connect().call(
+        "snapshot.create",
+        json!({"domain": "rbdsnapd-test-06", "image": image, "flatten": "background"}),
+    );
+    assert!(answer.is_ok(), "{:?}", answer.0);
+    let job_id = answer.result()["job_id"]
+        .as_str()
+        .expect("job_id")
+        .to_string();
+    let cancel = d.connect().call("jobs.cancel", json!({ "job_id": job_id }));
+    assert!(cancel.is_ok(), "{:?}", cancel.0);
+    let job = wait_job(&d, &job_id, Duration::from_secs(10));
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["error"]["data"]["kind"], "cancelled", "{job}");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("usable"),
+        "{job}"
+    );
+    assert_eq!(job["result"]["disks"][0]["image"], image.as_str(), "{job}");
+    assert_image(&bed.ceph, source, &image, false);
+    // a retry of an answered request gets its answer, not a second image
+    let again = d.connect().call("jobs.cancel", json!({ "job_id": job_id }));
+    assert_eq!(again.result()["cancelling"], false, "{:?}", again.0);
+    delete(&d, &image);
+    assert!(all_snapshots(&bed.ceph, source).is_empty(), "{source}");
+    let unknown = d.connect().call("jobs.cancel", json!({"job_id": "nope"}));
+    unknown.assert_error(1025, "job_not_found", "cancel of an unknown job");
+}
+
+#[test]
+fn the_flatten_limit_holds_with_more_requests_than_slots() {
+    let Some(bed) = daemon::bed() else { return };
+    let domains = ["07", "08", "09"];
+    let sources: Vec<String> = domains
+        .iter()
+        .map(|n| format!("vms/testdrv-{n}-vda"))
+        .collect();
+    let _disks: Vec<BigDisk> = sources
+        .iter()
+        .map(|s| BigDisk::new(&bed.ceph, s, "512M", "512M"))
+        .collect();
+    let d = bed.start(&format!("{SLOW}\n[snapshot]\nmax_concurrent_flattens = 1"));
+    let mut jobs = Vec::new();
+    for n in domains {
+        let image = common::unique(&format!("limit-{n}"));
+        let answer = d.connect().call(
+            "snapshot.create",
+            json!({"domain": format!("rbdsnapd-test-{n}"), "image": image, "flatten": "background"}),
+        );
+        assert!(answer.is_ok(), "{:?}", answer.0);
+        jobs.push((
+            answer.result()["job_id"]
+                .as_str()
+                .expect("job_id")
+                .to_string(),
+            image,
+        ));
+    }
+    let (mut most, mut positions) = (0, Vec::new());
+    let until = Instant::now() + Duration::from_secs(180);
+    loop {
+        let status = d.status();
+        most = most.max(status["flattens"]["running"].as_u64().expect("a count"));
+        let list = d.connect().call("jobs.list", json!({}));
+        let running: Vec<&Value> = list.result()["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .filter(|j| j["state"] == "running")
+            .collect();
+        positions.extend(running.iter().filter_map(|j| j["position"].as_u64()));
+        if running.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "flattens still running: {running:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(most, 1, "more than one flatten at a time");
+    assert!(
+        positions.contains(&2),
+        "no job was seen second in the queue: {positions:?}"
+    );
+    for ((job_id, image), source) in jobs.iter().zip(&sources) {
+        let job = wait_job(&d, job_id, Duration::from_secs(1));
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_image(&bed.ceph, source, image, true);
+        delete(&d, image);
+    }
+}
+
+/// A daemon on `state`, slow flattens.
+fn start_on(bed: &daemon::Bed, state: &Path) -> DaemonProc {
+    bed.launch()
+        .extra(&format!("state_dir = {:?}", state.display().to_string()))
+        .extra(SLOW)
+        .start()
+}
+
+#[test]
+fn a_background_flatten_is_resumed_after_a_stop_or_a_kill() {
+    let Some(bed) = daemon::bed() else { return };
+    let source = "vms/testdrv-10-vda";
+    let _disk = BigDisk::new(&bed.ceph, source, "1G", "1G");
+    let state = TempDir::new("rbdsnapd-bg-state");
+    for stop in [Signal::SIGTERM, Signal::SIGKILL] {
+        let mut d = start_on(&bed, state.path());
+        let image = common::unique("resume");
+        let request_id = common::unique("rid");
+        let params = json!({"domain": "rbdsnapd-test-10", "image": image, "flatten": "background", "request_id": request_id});
+        let answer = d.connect().call("snapshot.create", params.clone());
+        assert!(answer.is_ok(), "{:?}", answer.0);
+        let job_id = answer.result()["job_id"]
+            .as_str()
+            .expect("job_id")
+            .to_string();
+        // well into the flatten, then stop
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let job = d.connect().call("jobs.get", json!({ "job_id": job_id }));
+            let r = job.result();
+            if r["phase"] == "flatten" && r["done"].as_u64() > Some(0) {
+                break;
+            }
+            assert!(r["state"] == "running", "ended before the stop: {r}");
+            assert!(Instant::now() < until, "no flatten progress: {r}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d.signal(stop);
+        assert!(
+            d.wait_exit(Duration::from_secs(30)).is_some(),
+            "{stop:?} did not stop it"
+        );
+        assert!(bed
+            .ceph
+            .info(&format!("images/{image}"))
+            .get("parent")
+            .is_some());
+        drop(d);
+        let d = start_on(&bed, state.path());
+        let job = wait_job(&d, &job_id, Duration::from_secs(120));
+        assert_eq!(job["state"], "succeeded", "after {stop:?}: {job}");
+        assert!(
+            !job["recovery"].as_array().expect("recovery").is_empty(),
+            "{job}"
+        );
+        assert_image(&bed.ceph, source, &image, true);
+        // the same request_id: the same image, no second one
+        let retry = d.connect().call("snapshot.create", params);
+        assert_eq!(
+            retry.result()["disks"][0]["image"],
+            image.as_str(),
+            "{:?}",
+            retry.0
+        );
+        delete(&d, &image);
+        assert!(all_snapshots(&bed.ceph, source).is_empty(), "{source}");
+        eprintln!("background flatten resumed after {stop:?}");
+    }
+}
+
+#[test]
+fn cluster_flatten_is_refused_without_a_manager() {
+    let Some(bed) = daemon::bed() else { return };
+    let extra = ExtraCluster::up(&bed.ceph, 500, "memstore");
+    let ceph = extra.ceph(&bed.ceph);
+    let d = bed.launch().ceph_conf(Path::new(&extra.conf)).start();
+    let image = common::unique("nomgr");
+    let answer = d.connect().call(
+        "snapshot.create",
+        json!({"domain": "rbdsnapd-test-11", "image": image, "flatten": "cluster"}),
+    );
+    answer.assert_error(1017, "unsupported", "cluster flatten without a manager");
+    assert!(
+        answer.error()["message"]
+            .as_str()
+            .expect("message")
+            .contains("manager"),
+        "{:?}",
+        answer.0
+    );
+    assert!(!ceph.exists(&format!("images/{image}")));
+    assert!(all_snapshots(&ceph, "vms/testdrv-11-vda").is_empty());
+    // and v1-only clusters cannot do background: the config forces v1 here
+    drop(d);
+    let d = bed
+        .launch()
+        .ceph_conf(Path::new(&extra.conf))
+        .extra("[snapshot]\nclone_format = \"v1\"")
+        .start();
+    let answer = d.connect().call(
+        "snapshot.create",
+        json!({"domain": "rbdsnapd-test-11", "image": image, "flatten": "background"}),
+    );
+    answer.assert_error(1017, "unsupported", "background flatten with clone v1");
+    assert!(!ceph.exists(&format!("images/{image}")));
+}
+
+#[test]
+fn a_busy_domain_is_waited_for_when_asked() {
+    let Some(bed) = daemon::bed() else { return };
+    let source = "vms/testdrv-12-vda";
+    let _disk = BigDisk::new(&bed.ceph, source, "512M", "512M");
+    let d = bed.start(SLOW);
+    let first = common::unique("busy-1");
+    let mut conn = d.connect();
+    let (id, _) = start_until_flatten(
+        &mut conn,
+        &d,
+        json!({"domain": "rbdsnapd-test-12", "image": first}),
+    );
+    let refused = d.connect().call(
+        "snapshot.create",
+        json!({"domain": "rbdsnapd-test-12", "image": common::unique("busy-x")}),
+    );
+    refused.assert_error(1024, "busy", "a second snapshot of a busy domain");
+    let second = common::unique("busy-2");
+    let waited = d.connect().call(
+        "snapshot.create",
+        json!({"domain": "rbdsnapd-test-12", "image": second, "on_busy": "wait"}),
+    );
+    assert!(waited.is_ok(), "{:?}", waited.0);
+    let answer = conn.wait_for(&id);
+    assert!(answer.is_ok(), "{:?}", answer.0);
+    for image in [&first, &second] {
+        assert_image(&bed.ceph, source, image, true);
+        delete(&d, image);
+    }
+}
