@@ -1,13 +1,15 @@
 //! The guest agent misbehaving, through the real daemon and the real guest:
-//! a failing fsfreeze hook, and a hook that hangs past the freeze deadline
-//! (whose freeze lands after the daemon gave up on it). The policy is
-//! honoured, nothing is left in Ceph, and the guest ends thawed every time.
+//! a failing fsfreeze hook, a hook that hangs past the freeze deadline
+//! (whose freeze lands after the daemon gave up on it), and the agent
+//! killed while the guest is frozen. The policy is honoured, nothing is
+//! left in Ceph, and the guest ends thawed every time.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::daemon::{self, DaemonProc};
+use rbdsnapd::libvirt::AgentChannel;
 use serde_json::json;
 
 /// The tests share one guest and its hook: one at a time.
@@ -128,4 +130,77 @@ fn a_hook_that_hangs_past_the_deadline_is_thawed_when_its_freeze_lands() {
     let log = guest.read_file("/run/fsfreeze-hook.log");
     let log = String::from_utf8_lossy(&log);
     assert!(log.contains("freeze: delay 5"), "the hook ran: {log}");
+}
+
+#[test]
+fn an_agent_killed_while_the_guest_is_frozen_is_waited_for_and_the_guest_thawed() {
+    let (Some(bed), Some(guest)) = (daemon::bed(), common::guest()) else {
+        return;
+    };
+    let _one = GUEST.lock().unwrap_or_else(|p| p.into_inner());
+    // the daemon stops inside the freeze window (after the freeze, before
+    // the snapshot) until the test lets it go on
+    let d = bed
+        .launch()
+        .libvirt_uri(&guest.uri)
+        .env("RBDSNAPD_TEST_PAUSE_AT", "frozen")
+        .extra("[snapshot]\nfreeze_deadline_secs = 30.0\nthaw_confirm_secs = 60.0")
+        .start();
+    // qemu-ga cannot run anything while the guest is frozen: arm the killer
+    // now. SIGKILL leaves no chance to thaw on the way out; the guest's init
+    // starts the agent again 4 s later.
+    hook(&guest, "agent-pause", "4");
+    let (_conn, dom) = guest.domain();
+    let killer = r#"{"execute":"guest-exec","arguments":{"path":"/bin/sh","arg":["-c","sleep 4; killall -9 qemu-ga"]}}"#;
+    dom.qemu_agent_command(killer, 10, 0).expect("guest-exec");
+    let image = common::unique("agentdeath");
+    let mut conn = d.connect();
+    let id = conn.fresh_id();
+    conn.send_request(
+        &id,
+        "snapshot.create",
+        json!({"domain": guest.name, "image": image, "quiesce": "required"}),
+    );
+    let marker = d.dir.path().join("state").join("paused-at-frozen");
+    let until = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(Instant::now() < until, "the daemon never froze the guest");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let hv = common::engine::hypervisor(&guest.uri);
+    let until = Instant::now() + Duration::from_secs(20);
+    while hv.domain(&guest.name).expect("domain").agent != AgentChannel::Disconnected {
+        assert!(Instant::now() < until, "the agent was not killed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let died = Instant::now();
+    std::fs::remove_file(&marker).expect("let the daemon go on");
+    let answer = conn.wait_for(&id);
+    let took = died.elapsed();
+    // asked the moment the answer came: the daemon thawed before answering
+    let status = freeze_status(&guest);
+    assert_eq!(status, json!("thawed"), "answer: {:?}", answer.0);
+    assert!(answer.is_ok(), "{:?}", answer.0);
+    assert_eq!(
+        answer.result()["consistency"],
+        "filesystem",
+        "{:?}",
+        answer.0
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "the daemon waited for the agent to come back ({took:?})"
+    );
+    let log = guest.read_file("/run/fsfreeze-hook.log");
+    let log = String::from_utf8_lossy(&log);
+    assert!(
+        log.trim_end().ends_with("thaw: ok"),
+        "thawed by the agent: {log}"
+    );
+    assert!(bed.ceph.temp_snapshots(&guest.image).is_empty());
+    let deleted = d
+        .connect()
+        .call("snapshot.delete", json!({"pool": "images", "image": image}));
+    assert!(deleted.is_ok(), "{:?}", deleted.0);
+    eprintln!("agent killed while frozen: answered {took:?} after its death, guest thawed");
 }

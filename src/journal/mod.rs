@@ -254,17 +254,19 @@ impl Journal {
         if self.pause_at.as_deref() != Some(name) {
             return;
         }
-        // test builds only: announce the pause, then wait to be killed
+        // tests only: announce the pause, then wait to be killed, or to go
+        // on when the test removes the marker
         let marker = self.dir.join(format!("paused-at-{name}"));
         let _ = std::fs::write(&marker, job_id);
         tracing::warn!(
             job_id,
             point = name,
-            "RBDSNAPD_TEST_PAUSE_AT: pausing until killed"
+            "RBDSNAPD_TEST_PAUSE_AT: pausing until killed or the marker is removed"
         );
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
+        while marker.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        tracing::warn!(job_id, point = name, "RBDSNAPD_TEST_PAUSE_AT: going on");
     }
 }
 

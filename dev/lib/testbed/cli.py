@@ -1,4 +1,5 @@
-"""Command line of dev/testbed: `up` and `down`, timings, the env file."""
+"""Command line of dev/testbed: `up`, `down`, `leftovers`, `restart-libvirtd`;
+timings, the env file."""
 import argparse
 import os
 import shutil
@@ -36,6 +37,10 @@ def parse(argv):
     down.add_argument("--keep", action="store_true", help="keep DIR (logs)")
     left = sub.add_parser("leftovers", help="fail if a process of the bed in DIR still runs")
     left.add_argument("--dir", required=True)
+    again = sub.add_parser("restart-libvirtd",
+                           help="stop the bed's libvirtd and start it again (guests keep running)")
+    again.add_argument("--down-secs", type=float, default=0.0,
+                       help="how long libvirtd stays down (default 0)")
     return p.parse_args(argv)
 
 
@@ -46,6 +51,11 @@ def main(argv):
             return cmd_up(args)
         if args.cmd == "leftovers":
             return cmd_leftovers(args.dir)
+        if args.cmd == "restart-libvirtd":
+            start = time.monotonic()
+            libvirtd.restart(args.down_secs)
+            print(f"testbed: libvirtd restarted in {time.monotonic() - start:.2f} s", file=sys.stderr)
+            return 0
         return cmd_down(args.dir, args.keep)
     except BedError as exc:
         print(f"testbed: error: {exc}", file=sys.stderr)

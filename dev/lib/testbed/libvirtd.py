@@ -86,8 +86,12 @@ def ensure_running(state, root):
         if root not in reg["users"]:
             reg["users"].append(root)
     state.set("libvirtd", {"user": root})
-    # the socket answers before the QEMU driver has probed capabilities
-    # (8-60 s on a cold cache): wait until a real call succeeds
+    wait_for_driver()
+
+
+def wait_for_driver(timeout=180):
+    """The socket answers before the QEMU driver has probed capabilities
+    (8-60 s on a cold cache): wait until a real call succeeds."""
     import libvirt
     libvirt.registerErrorHandler(lambda *_: None, None)
 
@@ -97,7 +101,25 @@ def ensure_running(state, root):
             return conn.getCapabilities() is not None
         finally:
             conn.close()
-    procs.wait_for("libvirtd qemu driver", connected, 180, interval=0.2)
+    procs.wait_for("libvirtd qemu driver", connected, timeout, interval=0.2)
+
+
+def restart(down_secs=0.0):
+    """Stop the libvirtd a bed started and start it again, `down_secs` later
+    (for tests of clients that must survive it). Running guests keep
+    running: libvirtd reattaches to their QEMU. Refuses to touch a libvirtd
+    no bed started."""
+    import time
+    with registry() as reg:
+        pid = reg["started"].get("libvirtd")
+        if not pid or not procs.alive(pid):
+            raise procs.BedError("no libvirtd started by a bed is running: not restarting")
+        procs.stop(pid, "libvirtd")
+        time.sleep(down_secs)
+        reg["started"]["libvirtd"] = procs.spawn(
+            ["libvirtd"], os.path.join("/var/log/libvirt", "libvirtd.stdout"))
+        procs.wait_for("libvirtd socket", lambda: answers(LIBVIRT_SOCK), 60)
+    wait_for_driver()
 
 
 def down(record):
