@@ -27,6 +27,7 @@
 //!   SIGTERM. [`logging`]: tracing to the journal, text or JSON.
 //! - [`systemd`]: readiness, status, watchdog and socket activation.
 //! - [`config`]: the TOML file and command-line overrides, validated at start.
+//! - [`memory`]: giving the heap back to the kernel after a burst.
 //! - [`client`]: a small blocking client of the socket, for `rbdsnapctl`.
 
 pub mod client;
@@ -35,6 +36,7 @@ pub mod daemon;
 pub mod journal;
 pub mod libvirt;
 pub mod logging;
+pub mod memory;
 pub mod protocol;
 pub mod rbd;
 pub mod recovery;

@@ -323,8 +323,13 @@ impl Jobs {
                 inner.jobs.remove(&old);
             }
         }
+        let idle = !inner.jobs.values().any(|j| j.state == JobState::Running);
         drop(inner);
         self.ended.notify_waiters();
+        if idle {
+            // the burst is over: hand its memory back
+            crate::memory::trim();
+        }
     }
 
     /// Forget a job that never got past pre-flight: a refusal is not a job

@@ -38,6 +38,7 @@ pub struct Shared {
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(shared.daemon.config.max_connections));
     let mut connections = JoinSet::new();
+    let mut burst = crate::memory::BurstWatch::default();
     let mut stop = shutdown.clone();
     loop {
         tokio::select! {
@@ -45,6 +46,7 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: watch:
                 Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
                     Ok(slot) => {
                         connections.spawn(connection::serve(stream, Arc::clone(&shared), shutdown.clone(), slot));
+                        burst.connections(connections.len());
                     }
                     Err(_) => {
                         tokio::spawn(refuse(stream));
@@ -56,7 +58,9 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: watch:
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                burst.connections(connections.len());
+            }
             _ = stop.changed() => break,
         }
     }
