@@ -31,6 +31,13 @@ type Pools = HashMap<(String, String), Arc<Pool>>;
 pub struct CephStore {
     pools: Mutex<Pools>,
     cluster: Arc<Cluster>,
+    /// The connection for manager commands, made on first use (see
+    /// [`CephStore::manager`]).
+    mgr: Mutex<Option<Arc<Cluster>>>,
+    /// How to make it: ceph.conf, client id, options.
+    conf: String,
+    client_id: String,
+    options: Vec<(String, String)>,
 }
 
 impl fmt::Debug for CephStore {
@@ -68,7 +75,36 @@ impl CephStore {
         Ok(CephStore {
             pools: Mutex::new(HashMap::new()),
             cluster: Arc::new(Cluster::connect(conf, client_id, options)?),
+            mgr: Mutex::new(None),
+            conf: conf.to_string(),
+            client_id: client_id.to_string(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         })
+    }
+
+    /// The connection manager commands go through. librados (16.2) frees a
+    /// manager command's reply buffers when `rados_mon_op_timeout` expires
+    /// but keeps the command, and writes the late reply into freed memory
+    /// (seen as a crash while the manager was busy flattening): this
+    /// connection has no such timeout, and callers bound their wait on
+    /// their side instead, leaving the call to end when the manager answers.
+    fn manager(&self) -> Result<Arc<Cluster>, RbdError> {
+        let mut mgr = self.mgr.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cluster) = mgr.as_ref() {
+            return Ok(Arc::clone(cluster));
+        }
+        let mut options: Vec<(&str, String)> = self
+            .options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        options.push(("rados_mon_op_timeout", "0".to_string()));
+        let cluster = Arc::new(Cluster::connect(&self.conf, &self.client_id, &options)?);
+        *mgr = Some(Arc::clone(&cluster));
+        Ok(cluster)
     }
 
     /// The I/O context for the image's pool and namespace, made on first use
@@ -206,15 +242,15 @@ impl ImageStore for CephStore {
     }
 
     fn add_flatten_task(&self, image: &ImageSpec) -> Result<String, RbdError> {
-        self.cluster.add_flatten_task(image)
+        self.manager()?.add_flatten_task(image)
     }
 
     fn flatten_task(&self, task_id: &str) -> Result<Option<MgrTask>, RbdError> {
-        self.cluster.task(task_id)
+        self.manager()?.task(task_id)
     }
 
     fn cancel_flatten_task(&self, task_id: &str) -> Result<(), RbdError> {
-        self.cluster.cancel_task(task_id)
+        self.manager()?.cancel_task(task_id)
     }
 
     fn remove_image(&self, image: &ImageSpec) -> Result<(), RbdError> {

@@ -151,8 +151,9 @@ pub async fn queue_task(
 
 /// Follow the manager's flatten of `dest` until the task leaves the list,
 /// then check the image really is flattened. A cancel cancels the task.
-/// The manager may be briefly away (a fail-over): polling errors are
-/// retried until `flatten_deadline`.
+/// One poll at a time: a manager busy flattening can take tens of seconds
+/// to answer, and is waited for rather than asked again; errors (a manager
+/// fail-over) are retried until `flatten_deadline`.
 pub async fn follow_task(
     store: &Arc<dyn ImageStore>,
     dest: &ImageSpec,
@@ -163,37 +164,45 @@ pub async fn follow_task(
     let started = Instant::now();
     let size = image_size(store, dest, settings).await.unwrap_or(0);
     let mut cancel_sent = false;
+    let mut poll: Option<tokio::task::JoinHandle<_>> = None;
     loop {
         if hooks.cancel.load(Ordering::SeqCst) && !cancel_sent {
             let (s, id) = (Arc::clone(store), task_id.to_string());
-            super::blocking::store("mgr task cancel", settings.call_deadline, move || {
-                s.cancel_flatten_task(&id)
-            })
-            .await?;
+            // not waited for beyond the call deadline: the polls see its effect
+            let cancelling = tokio::task::spawn_blocking(move || s.cancel_flatten_task(&id));
+            if let Ok(Ok(Err(e))) = tokio::time::timeout(settings.call_deadline, cancelling).await {
+                return Err(SnapshotError::rbd(&e));
+            }
             cancel_sent = true;
         }
-        let (s, id) = (Arc::clone(store), task_id.to_string());
-        let polled = super::blocking::store("mgr task", settings.call_deadline, move || {
-            s.flatten_task(&id)
-        })
-        .await;
-        match polled {
-            Ok(None) => break,
-            Ok(Some(task)) => {
-                let done = (task.progress.clamp(0.0, 1.0) * size as f64) as u64;
-                let phase = if task.in_progress {
-                    Phase::Flatten
-                } else {
-                    Phase::Queued
-                };
-                (hooks.progress)(Progress::new(phase, done, size));
-                if let Some(why) = task.retry_message {
-                    tracing::warn!(task = task_id, image = %dest, why, "the manager retries the flatten");
+        let running = poll.get_or_insert_with(|| {
+            let (s, id) = (Arc::clone(store), task_id.to_string());
+            tokio::task::spawn_blocking(move || s.flatten_task(&id))
+        });
+        if let Ok(joined) = tokio::time::timeout(POLL_TASK, running).await {
+            poll = None;
+            match joined {
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(task))) => {
+                    let done = (task.progress.clamp(0.0, 1.0) * size as f64) as u64;
+                    let phase = if task.in_progress {
+                        Phase::Flatten
+                    } else {
+                        Phase::Queued
+                    };
+                    (hooks.progress)(Progress::new(phase, done, size));
+                    if let Some(why) = task.retry_message {
+                        tracing::warn!(task = task_id, image = %dest, why, "the manager retries the flatten");
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(task = task_id, error = %e, "cannot read the manager's task list; retrying")
+                }
+                Err(e) => {
+                    tracing::warn!(task = task_id, error = %e, "task list poll failed; retrying")
                 }
             }
-            Err(e) => {
-                tracing::warn!(task = task_id, error = %e, "cannot read the manager's task list; retrying")
-            }
+            tokio::time::sleep(POLL_TASK).await;
         }
         if started.elapsed() > settings.flatten_deadline {
             return Err(SnapshotError::new(
@@ -204,7 +213,6 @@ pub async fn follow_task(
                 ),
             ));
         }
-        tokio::time::sleep(POLL_TASK).await;
     }
     if has_parent(store, dest, settings).await? {
         if cancel_sent {
