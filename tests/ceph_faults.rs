@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::daemon::{self, Msg};
+use common::daemon;
 use common::extra::ExtraCluster;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -56,24 +56,10 @@ fn an_osd_killed_mid_flatten_fails_clearly_and_is_rolled_back_once_it_returns() 
         .start();
     let image = common::unique("osdloss");
     let mut conn = d.connect();
-    let id = conn.fresh_id();
-    conn.send_request(
-        &id,
-        "snapshot.create",
-        json!({"domain": "rbdsnapd-test-14", "image": image}),
-    );
+    let id = conn.send_create(json!({"domain": "rbdsnapd-test-14", "image": image}));
     // wait until the flatten runs, then take the OSD away
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        match conn.read_message(Duration::from_secs(60)) {
-            Msg::Message(m) if m["params"]["phase"] == "flatten" => break,
-            Msg::Message(m) if m.get("id").is_some() => {
-                d.fail(&format!("answered before the flatten: {m}"))
-            }
-            Msg::Message(_) => {}
-            other => d.fail(&format!("no flatten progress: {other:?}")),
-        }
-        assert!(Instant::now() < until, "no flatten within a minute");
+    if let Err(e) = conn.until_phase(&id, "flatten") {
+        d.fail(&e);
     }
     kill(Pid::from_raw(extra.pid("osd.0")), Signal::SIGKILL).expect("kill the OSD");
     let killed = Instant::now();

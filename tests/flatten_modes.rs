@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::daemon::{self, Conn, DaemonProc, Msg, TempDir};
+use common::daemon::{self, Conn, DaemonProc, TempDir};
 use common::extra::ExtraCluster;
 use common::{BigDisk, Ceph};
 use nix::sys::signal::Signal;
@@ -57,22 +57,10 @@ fn wait_job(d: &DaemonProc, job_id: &str, within: Duration) -> Value {
 /// Send a create and wait until its flatten is under way: (request id,
 /// job id).
 fn start_until_flatten(conn: &mut Conn, d: &DaemonProc, params: Value) -> (Value, String) {
-    let id = conn.fresh_id();
-    conn.send_request(&id, "snapshot.create", params);
-    loop {
-        match conn.read_message(Duration::from_secs(60)) {
-            Msg::Message(m) if m["params"]["phase"] == "flatten" => {
-                return (
-                    id,
-                    m["params"]["job_id"].as_str().expect("job_id").to_string(),
-                )
-            }
-            Msg::Message(m) if m.get("id").is_some() => {
-                d.fail(&format!("answered before the flatten: {m}"))
-            }
-            Msg::Message(_) => {}
-            other => d.fail(&format!("no flatten progress: {other:?}")),
-        }
+    let id = conn.send_create(params);
+    match conn.until_phase(&id, "flatten") {
+        Ok(job_id) => (id, job_id),
+        Err(e) => d.fail(&e),
     }
 }
 

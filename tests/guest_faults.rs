@@ -155,12 +155,7 @@ fn an_agent_killed_while_the_guest_is_frozen_is_waited_for_and_the_guest_thawed(
     dom.qemu_agent_command(killer, 10, 0).expect("guest-exec");
     let image = common::unique("agentdeath");
     let mut conn = d.connect();
-    let id = conn.fresh_id();
-    conn.send_request(
-        &id,
-        "snapshot.create",
-        json!({"domain": guest.name, "image": image, "quiesce": "required"}),
-    );
+    let id = conn.send_create(json!({"domain": guest.name, "image": image, "quiesce": "required"}));
     let marker = d.dir.path().join("state").join("paused-at-frozen");
     let until = Instant::now() + Duration::from_secs(30);
     while !marker.exists() {

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::daemon::{self, DaemonProc, Msg};
+use common::daemon::{self, DaemonProc};
 use serde_json::json;
 
 /// The tests restart the one libvirtd and share the guest: one at a time.
@@ -102,19 +102,9 @@ fn during_a_freeze_the_guest_is_thawed_once_libvirtd_is_back() {
     guest.write_file("/etc/rbdsnapd-test/freeze-delay", b"3");
     let image = common::unique("libvirtd-restart");
     let mut conn = d.connect();
-    let id = conn.fresh_id();
-    conn.send_request(
-        &id,
-        "snapshot.create",
-        json!({"domain": guest.name, "image": image}),
-    );
-    loop {
-        match conn.read_message(Duration::from_secs(60)) {
-            Msg::Message(m) if m["params"]["phase"] == "freeze" => break,
-            Msg::Message(m) if m.get("id").is_some() => d.fail(&format!("answered early: {m}")),
-            Msg::Message(_) => {}
-            other => d.fail(&format!("no freeze: {other:?}")),
-        }
+    let id = conn.send_create(json!({"domain": guest.name, "image": image}));
+    if let Err(e) = conn.until_phase(&id, "freeze") {
+        d.fail(&e);
     }
     thread::sleep(Duration::from_millis(500));
     restart_libvirtd(2.0).join().expect("restart");

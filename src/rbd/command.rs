@@ -23,6 +23,19 @@ pub(super) enum Daemon {
     Mgr,
 }
 
+/// `rados_mon_command` and `rados_mgr_command` take the same arguments.
+type SendCommand = unsafe extern "C" fn(
+    ffi::rados_t,
+    *mut *const c_char,
+    usize,
+    *const c_char,
+    usize,
+    *mut *mut c_char,
+    *mut usize,
+    *mut *mut c_char,
+    *mut usize,
+) -> std::os::raw::c_int;
+
 /// Output buffers librados allocates for one command, freed on drop.
 struct Answer {
     outbuf: *mut c_char,
@@ -72,33 +85,24 @@ impl Cluster {
             outs: ptr::null_mut(),
             outslen: 0,
         };
+        let send: SendCommand = match to {
+            Daemon::Mon => rados::rados_mon_command,
+            Daemon::Mgr => ffi::rados_mgr_command,
+        };
         // SAFETY: one valid command string that outlives the call, no input
         // buffer; librados allocates the output buffers `answer` frees.
         let rc = unsafe {
-            match to {
-                Daemon::Mon => rados::rados_mon_command(
-                    self.raw(),
-                    cmds.as_mut_ptr(),
-                    1,
-                    ptr::null(),
-                    0,
-                    &mut answer.outbuf,
-                    &mut answer.outlen,
-                    &mut answer.outs,
-                    &mut answer.outslen,
-                ),
-                Daemon::Mgr => ffi::rados_mgr_command(
-                    self.raw(),
-                    cmds.as_mut_ptr(),
-                    1,
-                    ptr::null(),
-                    0,
-                    &mut answer.outbuf,
-                    &mut answer.outlen,
-                    &mut answer.outs,
-                    &mut answer.outslen,
-                ),
-            }
+            send(
+                self.raw(),
+                cmds.as_mut_ptr(),
+                1,
+                ptr::null(),
+                0,
+                &mut answer.outbuf,
+                &mut answer.outlen,
+                &mut answer.outs,
+                &mut answer.outslen,
+            )
         };
         if let Err(mut e) = RbdError::check(op, rc, || target.to_string()) {
             let status = Answer::bytes(answer.outs, answer.outslen);

@@ -631,6 +631,34 @@ impl Conn {
             .unwrap_or_else(|m| panic!("no answer to {method}: {m:?}"))
     }
 
+    /// Send a `snapshot.create` without waiting; its request id.
+    pub fn send_create(&mut self, params: Value) -> Value {
+        let id = self.fresh_id();
+        self.send_request(&id, "snapshot.create", params);
+        id
+    }
+
+    /// Read until request `id` reports `phase`; its job id. An answer
+    /// first (other than to another id, kept for later) is an error.
+    pub fn until_phase(&mut self, id: &Value, phase: &str) -> Result<String, String> {
+        loop {
+            match self.read_message(self.timeout) {
+                Msg::Message(m) if m["params"]["id"] == *id && m["params"]["phase"] == phase => {
+                    return Ok(m["params"]["job_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string());
+                }
+                Msg::Message(m) if m["id"] == *id => {
+                    return Err(format!("answered before phase {phase}: {m}"))
+                }
+                Msg::Message(m) if m.get("id").is_some() => self.stash.push_back(m),
+                Msg::Message(m) => self.notifications.push(m),
+                other => return Err(format!("no {phase} progress: {other:?}")),
+            }
+        }
+    }
+
     /// Progress notifications collected so far for request `id`.
     pub fn progress_of(&self, id: &Value) -> Vec<Value> {
         self.notifications
