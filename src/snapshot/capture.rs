@@ -51,18 +51,22 @@ pub(super) async fn capture(
     job: &Job<'_>,
 ) -> Result<Captured, SnapshotError> {
     let uuid = plan.domain.uuid.as_str();
-    let window = Instant::now();
     let mut reason = plan.freeze.as_ref().err().cloned();
     let mut frozen = 0;
     let attempt_freeze = plan.freeze.is_ok();
     if attempt_freeze {
         job.record(&Step::Freeze)?;
+    }
+    // the window is the guest's: from the freeze call to the thaw's answer,
+    // without our own journal writes on either side
+    let window = Instant::now();
+    if attempt_freeze {
         match freeze(hv, uuid, settings.freeze_deadline).await {
             Ok(0) => reason = Some("the guest agent froze no filesystem".to_string()),
             Ok(n) => frozen = n,
             Err(err) => {
                 // a failed or late freeze may still have frozen something
-                let thawed = thaw_noted(hv, uuid, settings, job, true).await;
+                let thawed = thaw_noted(hv, uuid, settings, job, true).await.map(drop);
                 if policy == QuiescePolicy::Required {
                     return Err(with_thaw_outcome(err, thawed));
                 }
@@ -84,12 +88,13 @@ pub(super) async fn capture(
     job.checkpoint("snapshotted");
     let snap_ms = ms(snap_started.elapsed());
     let thaw_started = Instant::now();
+    let mut window_end = thaw_started;
     if attempt_freeze {
         let thawed = thaw_noted(hv, uuid, settings, job, false).await;
         if let Err(err) = snapped {
-            return Err(with_thaw_outcome(err, thawed));
+            return Err(with_thaw_outcome(err, thawed.map(drop)));
         }
-        thawed?;
+        window_end = thawed?;
     } else {
         snapped?;
     }
@@ -103,10 +108,10 @@ pub(super) async fn capture(
         frozen,
         freeze_ms,
         snap_ms,
-        thaw_ms: ms(thaw_started.elapsed()),
+        thaw_ms: ms(window_end.saturating_duration_since(thaw_started)),
         // never frozen: no window, only the snapshot calls (snap_ms)
         window_ms: if attempt_freeze {
-            ms(window.elapsed())
+            ms(window_end.saturating_duration_since(window))
         } else {
             0
         },
@@ -177,19 +182,20 @@ async fn snapshot_all(
 }
 
 /// Thaw, and journal that the guest is thawed (a lost record only means a
-/// restart thaws once more, which is harmless).
+/// restart thaws once more, which is harmless). When the thaw answered.
 async fn thaw_noted(
     hv: &Arc<dyn Hypervisor>,
     uuid: &str,
     settings: &Settings,
     job: &Job<'_>,
     confirm: bool,
-) -> Result<(), SnapshotError> {
+) -> Result<Instant, SnapshotError> {
     thaw(hv, uuid, settings, confirm).await?;
+    let thawed = Instant::now();
     if let Err(e) = job.record(&Step::Thawed) {
         tracing::warn!(error = %e, "guest thawed, but the journal could not record it");
     }
-    Ok(())
+    Ok(thawed)
 }
 
 /// Thaw. When the freeze did not cleanly succeed (`confirm`), or the thaw
