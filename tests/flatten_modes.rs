@@ -284,7 +284,8 @@ fn a_background_flatten_is_resumed_after_a_stop_or_a_kill() {
         let mut d = start_on(&bed, state.path());
         let image = common::unique("resume");
         let request_id = common::unique("rid");
-        let params = json!({"domain": "rbdsnapd-test-10", "image": image, "flatten": "background", "request_id": request_id});
+        let params = json!({"domain": "rbdsnapd-test-10", "image": image,
+                            "flatten": "background", "request_id": request_id});
         let answer = d.connect().call("snapshot.create", params.clone());
         assert!(answer.is_ok(), "{:?}", answer.0);
         let job_id = answer.result()["job_id"]
@@ -334,6 +335,80 @@ fn a_background_flatten_is_resumed_after_a_stop_or_a_kill() {
         assert!(all_snapshots(&bed.ceph, source).is_empty(), "{source}");
         eprintln!("background flatten resumed after {stop:?}");
     }
+}
+
+#[test]
+fn a_cluster_flatten_is_followed_again_after_a_kill_and_can_be_cancelled() {
+    let Some(bed) = daemon::bed() else { return };
+    if !manager() {
+        return;
+    }
+    let source = "vms/testdrv-13-vda";
+    let _disk = BigDisk::new(&bed.ceph, source, "1G", "1G");
+    let state = TempDir::new("rbdsnapd-cluster-state");
+    let mut d = start_on(&bed, state.path());
+    let image = common::unique("cluster-kill");
+    let answer = d.connect().call(
+        "snapshot.create",
+        json!({"domain": "rbdsnapd-test-13", "image": image, "flatten": "cluster"}),
+    );
+    assert!(answer.is_ok(), "{:?}", answer.0);
+    let job_id = answer.result()["job_id"]
+        .as_str()
+        .expect("job_id")
+        .to_string();
+    d.signal(Signal::SIGKILL);
+    assert!(d.wait_exit(Duration::from_secs(10)).is_some());
+    drop(d);
+    // the manager goes on alone; the next daemon finds the job and its task
+    let d = start_on(&bed, state.path());
+    let job = wait_job(&d, &job_id, Duration::from_secs(120));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(
+        !job["recovery"].as_array().expect("recovery").is_empty(),
+        "{job}"
+    );
+    assert_image(&bed.ceph, source, &image, true);
+    delete(&d, &image);
+
+    // cancelled at once: the manager's task is cancelled, the image stays a
+    // usable clone (or, if the manager was quicker, flattened: both are whole)
+    let image = common::unique("cluster-cancel");
+    let answer = d.connect().call(
+        "snapshot.create",
+        json!({"domain": "rbdsnapd-test-13", "image": image, "flatten": "cluster"}),
+    );
+    assert!(answer.is_ok(), "{:?}", answer.0);
+    let job_id = answer.result()["job_id"]
+        .as_str()
+        .expect("job_id")
+        .to_string();
+    let cancel = d.connect().call("jobs.cancel", json!({ "job_id": job_id }));
+    assert!(cancel.is_ok(), "{:?}", cancel.0);
+    let job = wait_job(&d, &job_id, Duration::from_secs(60));
+    let flattened = job["state"] == "succeeded";
+    if !flattened {
+        assert_eq!(job["error"]["data"]["kind"], "cancelled", "{job}");
+    }
+    assert_image(&bed.ceph, source, &image, flattened);
+    let out = std::process::Command::new("ceph")
+        .args(["--conf", &bed.ceph.conf, "--id", &bed.ceph.id])
+        .args(["rbd", "task", "list", "--format", "json"])
+        .output()
+        .expect("ceph rbd task list");
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        listed
+            .iter()
+            .all(|t| t["refs"]["image_name"] != image.as_str()),
+        "a task is left for {image}: {listed:?}"
+    );
+    delete(&d, &image);
+    assert!(all_snapshots(&bed.ceph, source).is_empty(), "{source}");
+    eprintln!(
+        "cluster flatten cancelled: image left {}",
+        if flattened { "flattened" } else { "a clone" }
+    );
 }
 
 #[test]
