@@ -203,6 +203,8 @@ pub type CancelFlag = Arc<std::sync::atomic::AtomicBool>;
 /// Wall-clock times of the steps, in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Timings {
+    /// The checks before the guest is touched (and opening the sources).
+    pub preflight_ms: u64,
     /// The freeze call.
     pub freeze_ms: u64,
     /// The temporary snapshots, all disks.
@@ -215,6 +217,9 @@ pub struct Timings {
     pub clone_ms: u64,
     /// The flattens.
     pub flatten_ms: u64,
+    /// The final snapshots, the temporary ones removed (and with flatten
+    /// `cluster`, the manager's tasks queued).
+    pub finish_ms: u64,
     /// Request → result.
     pub total_ms: u64,
 }

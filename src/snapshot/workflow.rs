@@ -57,6 +57,7 @@ pub async fn run(
     };
     job.report(Phase::Preflight, 0, 0);
     let plan = preflight::plan(&job.hv, &job.store, settings, req).await?;
+    let preflight_ms = ms(started);
     job.check_cancelled()?;
     job.record(&Step::Begin {
         domain_uuid: plan.domain.uuid.clone(),
@@ -66,7 +67,7 @@ pub async fn run(
         temp_snap: format!("{TEMP_SNAPSHOT_PREFIX}{job_id}"),
     })?;
     let mut saga = Saga::new(Arc::clone(&job.store), settings.call_deadline);
-    match job.execute(&plan, &mut saga, started).await {
+    match job.execute(&plan, &mut saga, started, preflight_ms).await {
         Ok(result) => Ok(result),
         Err(mut err) => {
             job.report(Phase::Rollback, 0, 0);
@@ -117,6 +118,7 @@ impl Job<'_> {
         plan: &Plan,
         saga: &mut Saga,
         started: Instant,
+        preflight_ms: u64,
     ) -> Result<SnapshotResult, SnapshotError> {
         let temp = format!("{TEMP_SNAPSHOT_PREFIX}{}", self.job_id);
         self.report(Phase::Freeze, 0, plan.disks.len() as u64);
@@ -159,6 +161,7 @@ impl Job<'_> {
         }
         let flatten_ms = ms(flatten_started);
         self.check_cancelled()?;
+        let finish_started = Instant::now();
         self.report(Phase::Finish, 0, plan.disks.len() as u64);
         let keeps_parent =
             self.req.flatten == FlattenMode::None && plan.clone_format == CloneFormat::V1;
@@ -175,12 +178,14 @@ impl Job<'_> {
             }
         }
         let timings = Timings {
+            preflight_ms,
             freeze_ms: captured.freeze_ms,
             snap_ms: captured.snap_ms,
             thaw_ms: captured.thaw_ms,
             freeze_window_ms: captured.window_ms,
             clone_ms,
             flatten_ms,
+            finish_ms: ms(finish_started),
             total_ms: ms(started),
         };
         Ok(self.result(plan, captured, &temp, timings, tasks))
