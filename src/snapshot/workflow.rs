@@ -211,11 +211,14 @@ impl Job<'_> {
             disk.dest.clone(),
         );
         let job_id = self.job_id.to_string();
+        let source = format!("{parent}@{snap} disk {}", disk.target);
         // mark the clone as this job's at once: recovery removes only images
         // that provably are
         let outcome = with_deadline(deadline, move || {
             store.clone_image(&parent, &snap, &child, format)?;
-            store.open(&child)?.set_metadata(METADATA_JOB, &job_id)
+            let image = store.open(&child)?;
+            image.set_metadata(METADATA_JOB, &job_id)?;
+            image.set_metadata(METADATA_SOURCE, &source)
         })
         .await;
         match outcome {
@@ -255,33 +258,34 @@ impl Job<'_> {
         }
     }
 
-    /// Drop the temporary snapshot (unless a v1 clone still needs it), then
-    /// `snap` + protect and our marks on the new image.
+    /// Drop the temporary snapshot (unless a v1 clone still needs it) and,
+    /// at the same time — they are different images, each a round trip to
+    /// its own lock holder — `snap` + protect on the new image.
     async fn finish_disk(
         &self,
         disk: &PlannedDisk,
         temp: &str,
         keeps_parent: bool,
     ) -> Result<(), SnapshotError> {
-        let (store, source, dest) = (
-            Arc::clone(&self.store),
-            Arc::clone(&disk.source),
-            disk.dest.clone(),
-        );
-        let (temp, target) = (temp.to_string(), disk.target.clone());
-        blocking::store("finish", self.settings.call_deadline, move || {
-            if !keeps_parent {
-                source.remove_snapshot(&temp, true)?;
+        let deadline = self.settings.call_deadline;
+        let (source, temp) = (Arc::clone(&disk.source), temp.to_string());
+        let drop_temp = async move {
+            if keeps_parent {
+                return Ok(());
             }
+            blocking::store("remove temporary snapshot", deadline, move || {
+                source.remove_snapshot(&temp, true)
+            })
+            .await
+        };
+        let (store, dest) = (Arc::clone(&self.store), disk.dest.clone());
+        let mark_dest = blocking::store("final snapshot", deadline, move || {
             let image = store.open(&dest)?;
-            image.set_metadata(
-                METADATA_SOURCE,
-                &format!("{}@{temp} disk {target}", source.spec()),
-            )?;
             image.create_snapshot(FINAL_SNAPSHOT)?;
             image.protect_snapshot(FINAL_SNAPSHOT)
-        })
-        .await
+        });
+        let (dropped, marked) = tokio::join!(drop_temp, mark_dest);
+        dropped.and(marked)
     }
 
     fn result(
