@@ -25,11 +25,14 @@ fn name_ok(s: &str, max: usize) -> bool {
 /// Whether `value` is acceptable for `field` (mirrors the documented rules).
 fn valid(field: &str, value: &Value) -> bool {
     match (field, value) {
-        ("pool" | "quiesce" | "flatten" | "request_id", Value::Null) => true,
+        ("pool" | "quiesce" | "flatten" | "request_id" | "on_busy", Value::Null) => true,
         ("domain" | "image" | "pool", Value::String(s)) => name_ok(s, 250),
         ("disks", Value::String(s)) => name_ok(s, 250),
         ("quiesce", Value::String(s)) => ["required", "preferred", "off"].contains(&s.as_str()),
-        ("flatten", Value::String(s)) => ["sync", "none"].contains(&s.as_str()),
+        ("flatten", Value::String(s)) => {
+            ["sync", "background", "cluster", "none"].contains(&s.as_str())
+        }
+        ("on_busy", Value::String(s)) => ["reject", "wait"].contains(&s.as_str()),
         ("request_id", Value::String(s)) => {
             !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control)
         }
@@ -72,6 +75,7 @@ fn cases() -> Vec<(Vec<u8>, Vec<&'static str>)> {
         "quiesce",
         "flatten",
         "request_id",
+        "on_busy",
     ] {
         for value in bad_values() {
             let mut params = base.clone();
@@ -166,6 +170,18 @@ fn cases() -> Vec<(Vec<u8>, Vec<&'static str>)> {
         (
             r#"{"jsonrpc":"2.0","id":1,"method":"jobs.get","params":{"job_id":7}}"#,
             "invalid_params",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"jobs.cancel","params":{"job_id":[1]}}"#,
+            "invalid_params",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"jobs.cancel","params":{}}"#,
+            "invalid_params",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"jobs.cancel","params":{"job_id":"nope"}}"#,
+            "job_not_found",
         ),
         (
             r#"{"jsonrpc":"2.0","id":1,"method":"domain.disks","params":{"domain":"a/b"}}"#,
