@@ -38,6 +38,13 @@ class Ceph:
             self.ios[pool] = self.cluster.open_ioctx(pool)
         return self.ios[pool]
 
+    def config_set(self, who, name, value):
+        """`ceph config set WHO NAME VALUE` through the mon."""
+        cmd = {"prefix": "config set", "who": who, "name": name, "value": str(value)}
+        rc, _, err = self.cluster.mon_command(json.dumps(cmd), b"", timeout=30)
+        if rc != 0:
+            raise RuntimeError(f"config set {who} {name}: {err}")
+
     def rbd_cli(self, *args, timeout=1800):
         """Run the rbd CLI against the bed (CEPH_CONF is in env)."""
         out = subprocess.run(["rbd", "--id", self.client_id, *args], env=self.env,

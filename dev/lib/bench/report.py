@@ -26,8 +26,7 @@ def machine(repo):
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    with open("/proc/meminfo") as f:
-        mem_kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
+    mem_kib = meminfo()["MemTotal"]
     osname = "Linux"
     try:
         with open("/etc/os-release") as f:
@@ -138,8 +137,9 @@ def markdown(b, results, target_rows, plot_path, out_path, started, took):
         "## Machine and versions",
         table(["", ""], [[k, v] for k, v in m.items()] +
               [["test bed", b.bed_description()],
-               ["load average (1 min) at start / end",
-                " / ".join(f"{x:.2f}" for x in b.load)]], align=["l", "l"]),
+               ["load average (1 min), RAM available: at start / end",
+                " / ".join(f"{a:.2f}, {m:.1f} GiB" for a, m in b.load)]],
+              align=["l", "l"]),
         "## Targets (issue 7)",
         table(["target", "measured", "goal", ""], target_rows),
     ]
@@ -191,9 +191,17 @@ def plot(results, path):
     plt.close(fig)
 
 
-def loadavg():
+def meminfo():
+    with open("/proc/meminfo") as f:
+        return {line.split(":")[0]: int(line.split()[1]) for line in f}
+
+
+def load():
+    """(1-minute load average, GiB of memory available): other work on the
+    machine shows here."""
     with open("/proc/loadavg") as f:
-        return float(f.read().split()[0])
+        avg = float(f.read().split()[0])
+    return avg, meminfo().get("MemAvailable", 0) / (1 << 20)
 
 
 def now_utc():

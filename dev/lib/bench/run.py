@@ -55,13 +55,22 @@ class Bench:
         return f"bench-{self.run_id}-{what}"
 
     def bed_description(self):
-        return (f"1 mon + 1 OSD ({self.args.store}) + 1 mgr on 127.0.0.1; libvirtd; "
-                "the guest under QEMU TCG (1 vCPU), disk on RBD")
+        store = self.args.store
+        if store == "bluestore" and self.env.get("RBDSNAPD_BENCH_OSD_GIB"):
+            store += f" on a {self.env['RBDSNAPD_BENCH_OSD_GIB']} GiB sparse file"
+        return (f"1 mon + 1 OSD ({store}, `osd_snap_trim_sleep_hdd` 0) + 1 mgr on "
+                "127.0.0.1; libvirtd; the guest under QEMU TCG (1 vCPU), disk on RBD")
 
     # -- set-up and tear-down --------------------------------------------
     def start(self):
         e = self.env
         self.ceph = Ceph(e["RBDSNAPD_TEST_CEPH_CONF"], self.client_id, e)
+        # Every run deletes images that had a snapshot: their objects stay
+        # as snapshot clones until the OSD trims the removed snapshot. The
+        # bed's bluestore file sits on a disk Ceph takes for rotational,
+        # whose default trim sleep (5 s) lets ~50 GiB pile up over a full
+        # run (ENOSPC); 0 is Ceph's default for SSDs.
+        self.ceph.config_set("osd", "osd_snap_trim_sleep_hdd", 0)
         binary = os.path.join(REPO, "target", "release", "rbdsnapd")
         self.guest_daemon = Daemon(binary, self.bed, "rbdsnapd-guest",
                                    e["RBDSNAPD_TEST_LIBVIRT_URI"], e)
@@ -179,7 +188,7 @@ class Bench:
     def main(self):
         started = report.now_utc()
         t0 = time.monotonic()
-        self.load = [report.loadavg()]
+        self.load = [report.load()]
         results = []
         left = []
         try:
@@ -210,7 +219,7 @@ class Bench:
         finally:
             self.stop()
         took = time.monotonic() - t0
-        self.load.append(report.loadavg())
+        self.load.append(report.load())
         return self.finish(results, left, started, took)
 
     def finish(self, results, left, started, took):
