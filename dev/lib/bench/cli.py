@@ -73,6 +73,8 @@ def resolve(args):
             setattr(args, key, quick if smoke else full)
     if args.n < 1:
         raise SystemExit("dev/bench: --n must be at least 1")
+    if not 1024 <= args.port_base <= 65535 - 50:
+        raise SystemExit("dev/bench: --port-base must leave 50 ports below 65536")
     return args
 
 
