@@ -25,6 +25,8 @@ pub struct AfterAnswer {
     pub dests: Vec<ImageSpec>,
     /// Manager tasks already queued, in image order (none on resume).
     pub tasks: Vec<String>,
+    /// Resumed after a restart: the flatten may have been killed half-way.
+    pub resumed: bool,
 }
 
 /// Flatten after the answer and record the job's end.
@@ -44,6 +46,7 @@ pub async fn flatten(
         after.mode,
         &after.dests,
         &after.tasks,
+        after.resumed,
         &hooks,
     )
     .await;

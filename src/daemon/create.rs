@@ -199,6 +199,7 @@ async fn run_job(
                     .iter()
                     .filter_map(|d| d.flatten_task.clone())
                     .collect(),
+                resumed: false,
             };
             background::flatten(&daemon, &store, new, answer.clone(), after, hooks).await;
             return;
@@ -208,16 +209,13 @@ async fn run_job(
         Err(err) if !err.rollback_failures.is_empty() => Some(err.rollback_failures.join("; ")),
         _ => None,
     };
-    match undone {
-        // not over: what the rollback could not undo is recovery's to finish
-        Some(why) => daemon.hand_to_recovery(&job_id, why),
-        None => daemon.journal_end(&new, &wire_outcome),
-    }
+    // not over: what the rollback could not undo is recovery's to finish
+    let recovering = undone.map(|why| daemon.hand_to_recovery(&job_id, why));
     let refused = daemon
         .jobs
         .get(&job_id)
         .is_some_and(|j| j.phase == Phase::Preflight);
-    match wire_outcome {
+    match wire_outcome.clone() {
         Err(mut error) if refused => {
             // refused before touching anything: no job to look up later
             error.data.job_id = None;
@@ -225,6 +223,11 @@ async fn run_job(
             daemon.jobs.forget(&job_id);
         }
         other => daemon.jobs.finish(&job_id, &other),
+    }
+    // answered first: a crash before this record only makes recovery find
+    // the finished (or rolled-back) steps and record the same end
+    if recovering.is_none() {
+        daemon.journal_end(&new, &wire_outcome);
     }
 }
 

@@ -145,6 +145,7 @@ impl Daemon {
                             mode,
                             dests,
                             tasks: Vec::new(),
+                            resumed: true,
                         },
                     );
                 }

@@ -182,6 +182,11 @@ extern "C" {
         cb: librbd_progress_fn_t,
         cbdata: *mut c_void,
     ) -> c_int;
+    pub fn rbd_rebuild_object_map(
+        image: rbd_image_t,
+        cb: librbd_progress_fn_t,
+        cbdata: *mut c_void,
+    ) -> c_int;
 
     pub fn rbd_get_parent(
         image: rbd_image_t,

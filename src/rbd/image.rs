@@ -227,6 +227,14 @@ impl Image for RbdImage {
         })
     }
 
+    fn rebuild_object_map(&self) -> Result<(), RbdError> {
+        // SAFETY: open image; librbd calls the no-op progress function only
+        // before returning and never dereferences the NULL argument.
+        let rc =
+            unsafe { ffi::rbd_rebuild_object_map(self.handle, Some(no_progress), ptr::null_mut()) };
+        RbdError::check("rebuild object map", rc, || self.spec.to_string()).map(drop)
+    }
+
     fn set_metadata(&self, key: &str, value: &str) -> Result<(), RbdError> {
         let target = || format!("{} key {key}", self.spec);
         let c_key = c_string("metadata set", &target(), key)?;
@@ -262,4 +270,13 @@ impl Image for RbdImage {
         RbdError::check("size", rc, || self.spec.to_string())?;
         Ok(size)
     }
+}
+
+/// librbd calls a progress function unconditionally: one that ignores it.
+unsafe extern "C" fn no_progress(
+    _done: u64,
+    _total: u64,
+    _arg: *mut std::os::raw::c_void,
+) -> c_int {
+    0
 }

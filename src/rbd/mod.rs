@@ -110,6 +110,13 @@ pub trait Image: Send + Sync + fmt::Debug {
     fn parent(&self) -> Result<Option<ParentSpec>, RbdError>;
     /// Copy the parent's data into this image and detach it from the parent.
     fn flatten(&self, progress: FlattenProgress<'_>) -> Result<(), RbdError>;
+    /// Make the object map say again which objects exist. A client killed
+    /// inside a flatten can leave an object marked as existing that was
+    /// never copied up; a flatten resumed on that map would skip it and
+    /// then detach the parent, leaving a hole of zeros.
+    fn rebuild_object_map(&self) -> Result<(), RbdError> {
+        Ok(())
+    }
     /// Set an image metadata key (how rbdsnapd marks images it made).
     fn set_metadata(&self, key: &str, value: &str) -> Result<(), RbdError>;
     /// Read an image metadata key, `None` when absent.

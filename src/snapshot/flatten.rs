@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::saga::Pending;
 use super::{JobHooks, Phase, Progress, Settings, SnapshotError, SnapshotErrorKind as Kind};
-use crate::rbd::{ImageSpec, ImageStore, RbdErrorKind};
+use crate::rbd::{Image, ImageSpec, ImageStore, RbdErrorKind};
 
 /// How often a running flatten is checked for stall, deadline and cancel.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
@@ -47,13 +47,15 @@ fn cancelled(dest: &ImageSpec) -> SnapshotError {
     )
 }
 
-/// Flatten `dest` in this daemon, once a slot is free, with progress in
+/// Flatten `dest` (through `image` when the job has it open) in this
+/// daemon, once a slot is free, with progress in
 /// bytes (librbd counts objects). No progress for `flatten_stall` (an OSD
 /// gone: librbd then waits, whatever the client timeouts) or no end within
 /// `flatten_deadline` fails it.
 pub async fn local(
     store: &Arc<dyn ImageStore>,
     dest: &ImageSpec,
+    image: Option<Arc<dyn Image>>,
     settings: &Settings,
     hooks: &JobHooks,
 ) -> Result<(), Stopped> {
@@ -70,7 +72,7 @@ pub async fn local(
         .ok_or_else(|| cancelled(dest))?;
     let stalled = Arc::new(AtomicBool::new(false));
     let last_progress = Arc::new(Mutex::new(Instant::now()));
-    let mut handle = spawn_flatten(store, dest, hooks, &stalled, &last_progress);
+    let mut handle = spawn_flatten(store, dest, image, hooks, &stalled, &last_progress);
     let started = Instant::now();
     loop {
         tokio::select! {
@@ -112,6 +114,7 @@ pub async fn local(
 fn spawn_flatten(
     store: &Arc<dyn ImageStore>,
     dest: &ImageSpec,
+    image: Option<Arc<dyn Image>>,
     hooks: &JobHooks,
     stalled: &Arc<AtomicBool>,
     last_progress: &Arc<Mutex<Instant>>,
@@ -120,7 +123,10 @@ fn spawn_flatten(
     let (sink, cancel) = (Arc::clone(&hooks.progress), Arc::clone(&hooks.cancel));
     let (stop, seen) = (Arc::clone(stalled), Arc::clone(last_progress));
     tokio::task::spawn_blocking(move || {
-        let image = store.open(&dest)?;
+        let image = match image {
+            Some(image) => image,
+            None => store.open(&dest)?,
+        };
         let bytes = image.size()?;
         let mut report = move |done: u64, total: u64| {
             *seen.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
@@ -254,18 +260,29 @@ pub async fn has_parent(
 /// The flattens that follow the answer (`background`, `cluster`), image by
 /// image; an image already independent (a job resumed after a restart) is
 /// skipped. `tasks` are the manager tasks queued before the answer (empty
-/// on resume: queueing again finds the existing task).
+/// on resume: queueing again finds the existing task). On resume
+/// (`resumed`), a flatten this daemon ran may have been killed half-way:
+/// the object map is rebuilt before it goes on (see
+/// [`crate::rbd::Image::rebuild_object_map`]).
 pub async fn after_answer(
     store: &Arc<dyn ImageStore>,
     settings: &Settings,
     mode: super::FlattenMode,
     dests: &[ImageSpec],
     tasks: &[String],
+    resumed: bool,
     hooks: &JobHooks,
 ) -> Result<(), SnapshotError> {
     for (i, dest) in dests.iter().enumerate() {
         if !has_parent(store, dest, settings).await? {
             continue;
+        }
+        if resumed && mode == super::FlattenMode::Background {
+            let (s, d) = (Arc::clone(store), dest.clone());
+            super::blocking::store("rebuild object map", settings.flatten_deadline, move || {
+                s.open(&d)?.rebuild_object_map()
+            })
+            .await?;
         }
         if mode == super::FlattenMode::Cluster {
             let task = match tasks.get(i) {
@@ -276,7 +293,7 @@ pub async fn after_answer(
         } else {
             // a stalled librbd call is told to stop and left to end alone:
             // the image stays usable either way
-            local(store, dest, settings, hooks)
+            local(store, dest, None, settings, hooks)
                 .await
                 .map_err(|stopped| stopped.error)?;
         }

@@ -16,7 +16,7 @@ use super::{
     METADATA_JOB, METADATA_SOURCE, TEMP_SNAPSHOT_PREFIX,
 };
 use crate::libvirt::Hypervisor;
-use crate::rbd::{CloneFormat, ImageStore, RbdErrorKind};
+use crate::rbd::{CloneFormat, Image, ImageStore, RbdErrorKind};
 
 /// Each undo step's deadline when the job failed because the cluster does
 /// not answer: one short try, then recovery takes over.
@@ -135,20 +135,24 @@ impl Job<'_> {
         self.check_cancelled()?;
         let clone_started = Instant::now();
         self.report(Phase::Clone, 0, plan.disks.len() as u64);
+        let mut opened = Vec::with_capacity(plan.disks.len());
         for (i, disk) in plan.disks.iter().enumerate() {
             self.record(&Step::Clone {
                 dest: disk.dest.clone(),
             })?;
-            self.clone_disk(plan.clone_format, disk, &temp, saga)
-                .await?;
+            opened.push(
+                self.clone_disk(plan.clone_format, disk, &temp, saga)
+                    .await?,
+            );
             self.checkpoint("cloned");
             self.report(Phase::Clone, i as u64 + 1, plan.disks.len() as u64);
         }
         let clone_ms = ms(clone_started);
         let flatten_started = Instant::now();
         if self.req.flatten == FlattenMode::Sync {
-            for disk in &plan.disks {
-                flatten::local(&self.store, &disk.dest, self.settings, &self.hooks)
+            for (disk, image) in plan.disks.iter().zip(&opened) {
+                let image = Some(Arc::clone(image));
+                flatten::local(&self.store, &disk.dest, image, self.settings, &self.hooks)
                     .await
                     .map_err(|stopped| {
                         if let Some(running) = stopped.running {
@@ -165,8 +169,8 @@ impl Job<'_> {
         self.report(Phase::Finish, 0, plan.disks.len() as u64);
         let keeps_parent =
             self.req.flatten == FlattenMode::None && plan.clone_format == CloneFormat::V1;
-        for disk in &plan.disks {
-            self.finish_disk(disk, &temp, keeps_parent).await?;
+        for (disk, image) in plan.disks.iter().zip(&opened) {
+            self.finish_disk(disk, image, &temp, keeps_parent).await?;
             self.record(&Step::Finished {
                 dest: disk.dest.clone(),
             })?;
@@ -191,14 +195,16 @@ impl Job<'_> {
         Ok(self.result(plan, captured, &temp, timings, tasks))
     }
 
-    /// Clone the temporary snapshot into the destination; v1 protects first.
+    /// Clone the temporary snapshot into the destination (v1 protects
+    /// first); the new image stays open for the job's next steps, which then
+    /// find its lock already held.
     async fn clone_disk(
         &self,
         format: CloneFormat,
         disk: &PlannedDisk,
         temp: &str,
         saga: &mut Saga,
-    ) -> Result<(), SnapshotError> {
+    ) -> Result<Arc<dyn Image>, SnapshotError> {
         let deadline = self.settings.call_deadline;
         if format == CloneFormat::V1 {
             let (image, snap) = (Arc::clone(&disk.source), temp.to_string());
@@ -218,16 +224,17 @@ impl Job<'_> {
             store.clone_image(&parent, &snap, &child, format)?;
             let image = store.open(&child)?;
             image.set_metadata(METADATA_JOB, &job_id)?;
-            image.set_metadata(METADATA_SOURCE, &source)
+            image.set_metadata(METADATA_SOURCE, &source)?;
+            Ok::<_, crate::rbd::RbdError>(image)
         })
         .await;
         match outcome {
-            Ok(Ok(())) => {
+            Ok(Ok(image)) => {
                 saga.record(Undo::CreatedImage {
                     spec: disk.dest.clone(),
                     pending: None,
                 });
-                Ok(())
+                Ok(image)
             }
             // someone else's image took the name since pre-flight: not ours to remove
             Ok(Err(e)) if e.kind == RbdErrorKind::Exists => Err(SnapshotError::rbd(&e)),
@@ -244,7 +251,18 @@ impl Job<'_> {
                     pending: None,
                 });
                 if let Late::TimedOut(handle) = late {
-                    saga.set_pending(handle);
+                    // the rollback waits for the late clone, not its handle
+                    saga.set_pending(tokio::spawn(async move {
+                        match handle.await {
+                            Ok(outcome) => outcome.map(drop),
+                            Err(e) => Err(crate::rbd::RbdError::new(
+                                "clone",
+                                "late clone",
+                                RbdErrorKind::Other,
+                                e.to_string(),
+                            )),
+                        }
+                    }));
                 }
                 Err(SnapshotError::new(
                     Kind::CephUnavailable,
@@ -264,6 +282,7 @@ impl Job<'_> {
     async fn finish_disk(
         &self,
         disk: &PlannedDisk,
+        image: &Arc<dyn Image>,
         temp: &str,
         keeps_parent: bool,
     ) -> Result<(), SnapshotError> {
@@ -278,9 +297,8 @@ impl Job<'_> {
             })
             .await
         };
-        let (store, dest) = (Arc::clone(&self.store), disk.dest.clone());
+        let image = Arc::clone(image);
         let mark_dest = blocking::store("final snapshot", deadline, move || {
-            let image = store.open(&dest)?;
             image.create_snapshot(FINAL_SNAPSHOT)?;
             image.protect_snapshot(FINAL_SNAPSHOT)
         });

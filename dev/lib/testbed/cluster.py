@@ -86,6 +86,12 @@ class Cluster:
             f"exporter sock dir = {r}/run",
             "log to stderr = false",
             "err to stderr = true",
+            # neither store looks like an SSD to Ceph, which then sleeps 5 s
+            # between trims of deleted snapshots: freed space stays held
+            # (memstore: in RAM, until the OOM killer takes the OSD) and
+            # client ops time out behind the trim queue
+            "osd snap trim sleep hdd = 0",
+            "osd snap trim sleep hybrid = 0",
             "osd pool default size = 1",
             "osd pool default min size = 1",
             "osd crush chooseleaf type = 0",
