@@ -17,6 +17,20 @@ pub fn trim() {
     }
 }
 
+/// [`trim`] a moment from now, on a blocking thread: the answer that made
+/// the daemon idle goes out first. Without a runtime, trims at once.
+pub fn trim_soon() {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let _ = tokio::task::spawn_blocking(trim).await;
+            });
+        }
+        Err(_) => trim(),
+    }
+}
+
 /// Watches the number of open connections and trims once a burst has
 /// drained (fewer than half of its peak left open).
 #[derive(Debug, Default)]
@@ -29,7 +43,7 @@ impl BurstWatch {
     pub fn connections(&mut self, open: usize) {
         self.peak = self.peak.max(open);
         if self.peak >= BURST_CONNECTIONS && open < self.peak / 2 {
-            trim();
+            trim_soon();
             self.peak = open;
         }
     }

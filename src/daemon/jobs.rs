@@ -327,8 +327,9 @@ impl Jobs {
         drop(inner);
         self.ended.notify_waiters();
         if idle {
-            // the burst is over: hand its memory back
-            crate::memory::trim();
+            // the burst is over: hand its memory back, off the answer's path
+            // (a trim holds glibc's heap locks while it walks the heap)
+            crate::memory::trim_soon();
         }
     }
 
