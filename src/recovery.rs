@@ -179,6 +179,21 @@ pub fn recover(
             .collect();
         let result = json!({"job_id": trail.job_id, "fsid": fsid, "disks": disks, "recovered": true,
                             "flatten": mode, "flattened": mode == FlattenMode::Sync});
+        if mode == FlattenMode::Background && trail.steps.last() != Some(&Step::Paused) {
+            // killed inside librbd's flatten: its object map may mark objects
+            // as copied that never were, and a resumed flatten would skip
+            // them and detach the parent. Left a clone, the image is whole.
+            actions.push("background flatten not resumed: the daemon was killed inside it".into());
+            let error = RpcError::new(
+                ErrorKind::Cancelled,
+                "the daemon was killed during the background flatten: the new image stays whole and usable, \
+                 not flattened (still a clone of its source); a flatten killed half-way is not resumed \
+                 automatically — run `rbd object-map rebuild` on the image, then `rbd flatten`",
+            );
+            let mut result = result;
+            result["flatten_error"] = serde_json::to_value(&error).unwrap_or_default();
+            return Recovered::Ended(Outcome::Ok(result), actions);
+        }
         if mode.after_answer() {
             actions.push(format!("{mode:?} flatten resumed").to_lowercase());
             return Recovered::Resume {

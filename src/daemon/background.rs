@@ -40,6 +40,12 @@ pub async fn flatten(
 ) {
     let job_id = new.job_id.clone();
     tracing::info!(mode = ?after.mode, images = ?after.dests, "answered; flattening goes on");
+    if let Err(e) = daemon
+        .step_log()
+        .record(&job_id, &snapshot::Step::Flattening)
+    {
+        tracing::warn!(error = %e, "could not journal the flatten's start");
+    }
     let done = snapshot::flatten::after_answer(
         store,
         &daemon.settings,
@@ -59,6 +65,9 @@ pub async fn flatten(
         }
         Err(err) if err.kind == SnapshotErrorKind::Cancelled && daemon.is_shutting_down() => {
             // no end in the journal: the next start resumes the flatten
+            if let Err(e) = daemon.step_log().record(&job_id, &snapshot::Step::Paused) {
+                tracing::warn!(error = %e, "could not journal the pause: the next start will not resume the flatten");
+            }
             tracing::info!("background flatten paused for shutdown; resumed at the next start");
             let mut error = wire::snapshot_error(&err, &job_id);
             error.message = format!(

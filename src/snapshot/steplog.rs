@@ -44,6 +44,12 @@ pub enum Step {
         /// The destination image.
         dest: ImageSpec,
     },
+    /// A background flatten (re)starts after the answer: until [`Step::Paused`],
+    /// it may be killed inside librbd.
+    Flattening,
+    /// A background flatten stopped cleanly for a shutdown (librbd finished
+    /// its copies in flight): the next start may resume it.
+    Paused,
 }
 
 impl Step {
@@ -55,6 +61,8 @@ impl Step {
             Step::Thawed => "thawed",
             Step::Clone { .. } => "clone",
             Step::Finished { .. } => "finished",
+            Step::Flattening => "flattening",
+            Step::Paused => "paused",
         }
     }
 }
