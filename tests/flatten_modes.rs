@@ -82,6 +82,21 @@ fn assert_image(ceph: &Ceph, source: &str, image: &str, flattened: bool) {
     );
 }
 
+/// The job id of a successful `snapshot.create` answer.
+fn answered_job(answer: &daemon::Response) -> String {
+    assert!(answer.is_ok(), "{:?}", answer.0);
+    answer.result()["job_id"]
+        .as_str()
+        .expect("job_id")
+        .to_string()
+}
+
+/// Ask a running job to stop.
+fn cancel_job(d: &DaemonProc, job_id: &str) {
+    let cancel = d.connect().call("jobs.cancel", json!({ "job_id": job_id }));
+    assert!(cancel.is_ok(), "{:?}", cancel.0);
+}
+
 fn delete(d: &DaemonProc, image: &str) {
     let answer = d
         .connect()
@@ -174,13 +189,8 @@ fn cancel_rolls_back_a_sync_job_and_leaves_a_background_image_usable() {
         "snapshot.create",
         json!({"domain": "rbdsnapd-test-06", "image": image, "flatten": "background"}),
     );
-    assert!(answer.is_ok(), "{:?}", answer.0);
-    let job_id = answer.result()["job_id"]
-        .as_str()
-        .expect("job_id")
-        .to_string();
-    let cancel = d.connect().call("jobs.cancel", json!({ "job_id": job_id }));
-    assert!(cancel.is_ok(), "{:?}", cancel.0);
+    let job_id = answered_job(&answer);
+    cancel_job(&d, &job_id);
     let job = wait_job(&d, &job_id, Duration::from_secs(10));
     assert_eq!(job["state"], "failed", "{job}");
     assert_eq!(job["error"]["data"]["kind"], "cancelled", "{job}");
@@ -287,11 +297,7 @@ fn a_background_flatten_is_resumed_after_a_stop_and_left_whole_after_a_kill() {
         let params = json!({"domain": "rbdsnapd-test-10", "image": image,
                             "flatten": "background", "request_id": request_id});
         let answer = d.connect().call("snapshot.create", params.clone());
-        assert!(answer.is_ok(), "{:?}", answer.0);
-        let job_id = answer.result()["job_id"]
-            .as_str()
-            .expect("job_id")
-            .to_string();
+        let job_id = answered_job(&answer);
         // well into the flatten, then stop
         let until = Instant::now() + Duration::from_secs(30);
         loop {
@@ -360,11 +366,7 @@ fn a_cluster_flatten_is_followed_again_after_a_kill_and_can_be_cancelled() {
         "snapshot.create",
         json!({"domain": "rbdsnapd-test-13", "image": image, "flatten": "cluster"}),
     );
-    assert!(answer.is_ok(), "{:?}", answer.0);
-    let job_id = answer.result()["job_id"]
-        .as_str()
-        .expect("job_id")
-        .to_string();
+    let job_id = answered_job(&answer);
     d.signal(Signal::SIGKILL);
     assert!(d.wait_exit(Duration::from_secs(10)).is_some());
     drop(d);
@@ -386,13 +388,8 @@ fn a_cluster_flatten_is_followed_again_after_a_kill_and_can_be_cancelled() {
         "snapshot.create",
         json!({"domain": "rbdsnapd-test-13", "image": image, "flatten": "cluster"}),
     );
-    assert!(answer.is_ok(), "{:?}", answer.0);
-    let job_id = answer.result()["job_id"]
-        .as_str()
-        .expect("job_id")
-        .to_string();
-    let cancel = d.connect().call("jobs.cancel", json!({ "job_id": job_id }));
-    assert!(cancel.is_ok(), "{:?}", cancel.0);
+    let job_id = answered_job(&answer);
+    cancel_job(&d, &job_id);
     let job = wait_job(&d, &job_id, Duration::from_secs(60));
     let flattened = job["state"] == "succeeded";
     if !flattened {
