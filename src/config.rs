@@ -120,6 +120,39 @@ pub struct CephConfig {
     /// librbd's `rbd_concurrent_management_ops`: how many objects one
     /// flatten copies at once (Ceph's default is 10).
     pub concurrent_management_ops: u32,
+    /// librados' `rados_mon_op_timeout`: a monitor that does not answer a
+    /// call within this many seconds fails it (0: ceph.conf's, else never).
+    pub mon_op_timeout_secs: f64,
+    /// librados' `rados_osd_op_timeout`: an OSD op not done within this many
+    /// seconds fails (0: ceph.conf's). On a one-OSD cluster a dead OSD is
+    /// never marked down, so without it calls hang for good.
+    pub osd_op_timeout_secs: f64,
+    /// librados' `client_mount_timeout`: how long a connect waits for the
+    /// monitors (0: ceph.conf's; Ceph's own default is 300 s).
+    pub mount_timeout_secs: f64,
+}
+
+impl CephConfig {
+    /// The client options the daemon sets over ceph.conf's. The manager
+    /// connection overrides `rados_mon_op_timeout` to 0 (see
+    /// `CephStore::manager`): librados 16 writes a timed-out manager
+    /// command's late reply into freed memory.
+    pub fn client_options(&self) -> Vec<(&'static str, String)> {
+        let mut options = vec![(
+            "rbd_concurrent_management_ops",
+            self.concurrent_management_ops.to_string(),
+        )];
+        for (key, secs) in [
+            ("rados_mon_op_timeout", self.mon_op_timeout_secs),
+            ("rados_osd_op_timeout", self.osd_op_timeout_secs),
+            ("client_mount_timeout", self.mount_timeout_secs),
+        ] {
+            if secs > 0.0 {
+                options.push((key, format!("{secs}")));
+            }
+        }
+        options
+    }
 }
 
 /// `[snapshot]`.
@@ -140,8 +173,10 @@ pub struct SnapshotConfig {
     pub flatten_stall_secs: f64,
     /// `auto` (newest the cluster allows), `v1` or `v2`.
     pub clone_format: String,
-    /// After a failed or timed-out freeze (which may still land), seconds to
-    /// keep thawing until the guest agent confirms the guest is thawed.
+    /// Deprecated and ignored: a request now waits the agent timeout plus
+    /// a second for its thaw to be confirmed, then leaves a thaw guard that
+    /// retries for as long as the domain runs. Still accepted, so that
+    /// existing configuration files load.
     pub thaw_confirm_secs: f64,
     /// Most flattens this host runs at once (more wait in a queue); 0 is no
     /// limit. `cluster` flattens run in the Ceph manager and do not count.
@@ -199,6 +234,9 @@ impl Default for CephConfig {
             conf: PathBuf::from("/etc/ceph/ceph.conf"),
             client_id: "admin".into(),
             concurrent_management_ops: 10,
+            mon_op_timeout_secs: 30.0,
+            osd_op_timeout_secs: 30.0,
+            mount_timeout_secs: 30.0,
         }
     }
 }
@@ -292,6 +330,15 @@ impl Config {
         if self.libvirt.uri.is_empty() {
             return bad("libvirt.uri is empty".into());
         }
+        for (name, secs) in [
+            ("ceph.mon_op_timeout_secs", self.ceph.mon_op_timeout_secs),
+            ("ceph.osd_op_timeout_secs", self.ceph.osd_op_timeout_secs),
+            ("ceph.mount_timeout_secs", self.ceph.mount_timeout_secs),
+        ] {
+            if !(0.0..=3600.0).contains(&secs) {
+                return bad(format!("{name} = {secs} must be 0 (ceph.conf's) to 3600"));
+            }
+        }
         if !(1..=1024).contains(&self.ceph.concurrent_management_ops) {
             return bad(format!(
                 "ceph.concurrent_management_ops = {} must be 1 to 1024",
@@ -360,7 +407,6 @@ impl Config {
             flatten_deadline: secs(self.snapshot.flatten_timeout_secs),
             flatten_stall: secs(self.snapshot.flatten_stall_secs),
             clone_format: self.clone_format().ok().flatten(),
-            thaw_confirm: secs(self.snapshot.thaw_confirm_secs),
         }
     }
 }

@@ -28,6 +28,8 @@
 //! - [`systemd`]: readiness, status, watchdog and socket activation.
 //! - [`config`]: the TOML file and command-line overrides, validated at start.
 //! - [`memory`]: giving the heap back to the kernel after a burst.
+//! - [`owners`]: every blocking C call runs through its backend's owner,
+//!   with bounded capacity and a lane reserved for thaws.
 //! - [`client`]: a small blocking client of the socket, for `rbdsnapctl`.
 
 pub mod client;
@@ -37,6 +39,7 @@ pub mod journal;
 pub mod libvirt;
 pub mod logging;
 pub mod memory;
+pub mod owners;
 pub mod protocol;
 pub mod rbd;
 pub mod recovery;

@@ -1,6 +1,6 @@
 //! Start-up recovery from the journal: for every job the journal shows
-//! unfinished, thaw the guest first if it may be frozen (and ask the agent),
-//! then roll back what the job may have left in Ceph — a partial clone (only
+//! unfinished, a guest that may be frozen gets a thaw guard first (the
+//! daemon arms it before READY), then this module rolls back what the job may have left in Ceph — a partial clone (only
 //! an image that is provably this job's: its metadata names the job, or its
 //! parent is the job's temporary snapshot) and the temporary snapshot — or,
 //! when every image was finished, record the job as done. What needs a
@@ -12,11 +12,11 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::journal::{Outcome, Record};
-use crate::libvirt::{FreezeStatus, Hypervisor, LibvirtErrorKind};
+use crate::libvirt::Hypervisor;
 use crate::protocol::{ErrorKind, RpcError};
 use crate::rbd::{ImageSpec, ImageStore, RbdErrorKind};
 use crate::snapshot::{
-    saga, FlattenMode, Step, FINAL_SNAPSHOT, METADATA_JOB, TEMP_SNAPSHOT_PREFIX,
+    saga, FlattenMode, GuardInfo, Step, FINAL_SNAPSHOT, METADATA_JOB, TEMP_SNAPSHOT_PREFIX,
 };
 
 /// One unfinished job, as the journal tells it.
@@ -105,6 +105,7 @@ pub fn split(records: Vec<Record>) -> (Vec<Trail>, Vec<Record>) {
                     trail.steps.push(step);
                 }
             }
+            Record::Guard { .. } | Record::Unguard { .. } => {}
             end @ Record::End { .. } => {
                 trails.retain(|t| t.job_id != end.job_id());
                 ended.retain(|e: &Record| e.job_id() != end.job_id());
@@ -136,22 +137,38 @@ pub enum Recovered {
     },
 }
 
-/// Recover one job with whatever backends are up.
-pub fn recover(
-    trail: &Trail,
-    hv: Option<&Arc<dyn Hypervisor>>,
-    store: Option<&Arc<dyn ImageStore>>,
-) -> Recovered {
-    let mut actions = Vec::new();
-    if trail.maybe_frozen() {
-        let Some(hv) = hv else {
-            return Recovered::Pending("libvirt is down: cannot thaw the guest yet".into());
-        };
-        if let Err(e) = thaw(hv.as_ref(), &trail.domain_uuid) {
-            return Recovered::Pending(e);
+/// The thaw guards the journal shows armed and not cleared, oldest first.
+pub fn guards(records: &[Record]) -> Vec<GuardInfo> {
+    let mut active: Vec<GuardInfo> = Vec::new();
+    for record in records {
+        match record {
+            Record::Guard {
+                job_id,
+                domain_uuid,
+                since,
+                reason,
+            } => {
+                active.retain(|g| &g.domain_uuid != domain_uuid);
+                active.push(GuardInfo {
+                    domain_uuid: domain_uuid.clone(),
+                    job_id: job_id.clone(),
+                    since_unix: *since,
+                    attempts: 0,
+                    last_error: format!("resumed after a restart: {reason}"),
+                });
+            }
+            Record::Unguard { domain_uuid, .. } => active.retain(|g| &g.domain_uuid != domain_uuid),
+            _ => {}
         }
-        actions.push(format!("thawed domain {}", trail.domain_uuid));
     }
+    active
+}
+
+/// Recover the Ceph side of one job. The guest is not this function's:
+/// a trail that may have left it frozen gets a thaw guard first (see
+/// [`Trail::maybe_frozen`]), which thaws independently of Ceph.
+pub fn recover(trail: &Trail, store: Option<&Arc<dyn ImageStore>>) -> Recovered {
+    let mut actions = Vec::new();
     let Some((fsid, sources, dests, temp)) = trail.begin() else {
         let error = RpcError::new(
             ErrorKind::Cancelled,
@@ -232,27 +249,6 @@ fn fence(store: &dyn ImageStore, trail: &Trail, actions: &mut Vec<String>) {
         Err(e) => {
             tracing::warn!(addr, error = %e, "could not blocklist the previous client; its watches will time out")
         }
-    }
-}
-
-fn thaw(hv: &dyn Hypervisor, uuid: &str) -> Result<(), String> {
-    match hv.thaw(uuid, &[]) {
-        Ok(_) => {}
-        // gone or stopped: nothing is frozen any more
-        Err(e)
-            if matches!(
-                e.kind,
-                LibvirtErrorKind::DomainNotFound | LibvirtErrorKind::NotRunning
-            ) =>
-        {
-            return Ok(())
-        }
-        Err(e) => return Err(format!("thaw of {uuid} failed: {e}")),
-    }
-    match hv.freeze_status(uuid) {
-        Ok(FreezeStatus::Frozen) => Err(format!("domain {uuid} still reports frozen after a thaw")),
-        // Thawed, or a driver without a real agent to ask
-        _ => Ok(()),
     }
 }
 

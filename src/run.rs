@@ -33,8 +33,13 @@ pub enum RunError {
     Io(String),
 }
 
-/// How long start-up waits for a backend before going on degraded.
-const STARTUP_CONNECT: Duration = Duration::from_secs(5);
+/// How long start-up waits for libvirt before going on degraded (thaws
+/// need it).
+const STARTUP_LIBVIRT: Duration = Duration::from_secs(5);
+
+/// How long start-up waits for Ceph before going on degraded: nothing
+/// before READY needs it, and a stalled monitor must not hold READY.
+const STARTUP_CEPH: Duration = Duration::from_secs(2);
 
 /// Run until a termination signal; `activated` is systemd's listener.
 pub async fn run(
@@ -50,9 +55,15 @@ pub async fn run(
         .map_err(|e| RunError::Io(format!("SIGINT handler: {e}")))?;
     let listening = listener::listen(&config, activated)?;
     let daemon = Daemon::new(config, journal);
-    daemon.backends.connect_missing(STARTUP_CONNECT).await;
     let (stop, stopped) = watch::channel(false);
-    recover_before_ready(&daemon, records, &stopped).await;
+    let ceph = {
+        let backends = Arc::clone(&daemon.backends);
+        tokio::spawn(async move { backends.connect_ceph(STARTUP_CEPH).await })
+    };
+    daemon.backends.connect_libvirt(STARTUP_LIBVIRT).await;
+    let trails = thaw_before_ready(&daemon, records).await;
+    let _ = ceph.await;
+    recover_after_ready(&daemon, trails, &stopped);
     tokio::spawn(Arc::clone(&daemon.backends).keep_connected(stopped.clone()));
     if let Some(interval) = systemd::watchdog_interval() {
         tokio::spawn(systemd::watchdog(interval, stopped.clone()));
@@ -89,31 +100,85 @@ pub async fn run(
     Ok(())
 }
 
-/// Recovery before READY=1: guests a previous run may have left frozen are
-/// thawed and its unfinished jobs rolled back (or kept when complete);
-/// what needs a backend that is down keeps being retried in the background.
-async fn recover_before_ready(
+/// Before READY=1: every guest a previous run may have left frozen (an
+/// armed guard in the journal, or an unfinished job past its freeze) gets
+/// a thaw guard, and READY waits for their first attempts — in parallel,
+/// each bounded — but not for Ceph. The unfinished jobs, for later.
+async fn thaw_before_ready(
     daemon: &Arc<Daemon>,
     records: Vec<crate::journal::Record>,
-    stopped: &watch::Receiver<bool>,
-) {
+) -> Vec<recovery::Trail> {
+    let guards = recovery::guards(&records);
     let (trails, ended) = recovery::split(records);
     daemon.load_ended(ended);
-    if !trails.is_empty() {
+    if !trails.is_empty() || !guards.is_empty() {
         tracing::warn!(
             jobs = trails.len(),
-            "the journal shows unfinished jobs: recovering"
+            guards = guards.len(),
+            "the journal shows unfinished jobs or guests at risk: thawing first"
         );
-        systemd::status(&format!("recovering {} unfinished job(s)", trails.len()));
+        systemd::status(&format!(
+            "thawing: {} unfinished job(s), {} guest(s) at risk",
+            trails.len(),
+            guards.len()
+        ));
     }
-    daemon.recover(trails).await;
-    tokio::spawn(Arc::clone(daemon).keep_recovering(stopped.clone()));
-    // after recovery, so that what it just rolled back is not reported
-    let sweeper = Arc::clone(daemon);
-    tokio::spawn(async move { sweeper.sweep().await });
-    if let Err(e) = daemon.journal.compact() {
-        tracing::warn!(error = %e, "journal compaction failed");
+    for guard in guards {
+        daemon.guards.resume(guard, None, None);
     }
+    daemon.guard_trails(&trails).await;
+    let at_risk: Vec<String> = daemon
+        .guards
+        .list()
+        .into_iter()
+        .map(|g| g.domain_uuid)
+        .collect();
+    let first_attempts = futures_all(
+        at_risk
+            .iter()
+            .map(|uuid| daemon.guards.wait_cleared(uuid))
+            .collect(),
+    );
+    let bound = daemon.settings.agent_timeout * 2 + Duration::from_secs(1);
+    if tokio::time::timeout(bound, first_attempts).await.is_err() {
+        tracing::warn!(
+            at_risk = daemon.guards.list().len(),
+            "guests still not confirmed thawed: their guards go on after READY"
+        );
+    }
+    trails
+}
+
+/// Wait for every future (the guards' first thaws run in their own tasks;
+/// this only waits for them to be cleared).
+async fn futures_all<F: std::future::Future<Output = ()>>(waits: Vec<F>) {
+    for wait in waits {
+        wait.await;
+    }
+}
+
+/// After READY=1: roll back (or keep) the Ceph side of unfinished jobs,
+/// in the background, with deadlines and retries, visible in
+/// `daemon.status` (`recovery.pending`); then the orphan sweep, then a
+/// journal compaction.
+fn recover_after_ready(
+    daemon: &Arc<Daemon>,
+    trails: Vec<recovery::Trail>,
+    stopped: &watch::Receiver<bool>,
+) {
+    let (daemon, stopped) = (Arc::clone(daemon), stopped.clone());
+    tokio::spawn(async move {
+        if !trails.is_empty() {
+            tracing::warn!(jobs = trails.len(), "recovering unfinished jobs");
+        }
+        daemon.recover(trails).await;
+        tokio::spawn(Arc::clone(&daemon).keep_recovering(stopped));
+        // after recovery, so that what it just rolled back is not reported
+        daemon.sweep().await;
+        if let Err(e) = daemon.journal.compact_async().await {
+            tracing::warn!(error = %e, "journal compaction failed");
+        }
+    });
 }
 
 /// Pause background flattens, give running jobs the grace period, then cancel them at their next safe
@@ -151,17 +216,35 @@ fn status_line(daemon: &Daemon) -> String {
         daemon.backends.ceph_status(),
     );
     let state = |ok: bool| if ok { "up" } else { "DOWN" };
-    let mode = if libvirt.connected && ceph.connected {
+    let at_risk = daemon.guards.list();
+    let stuck: Vec<String> = crate::owners::all()
+        .iter()
+        .filter(|o| o.status().degraded)
+        .map(|o| format!("{} stuck ({} calls)", o.name(), o.status().stuck))
+        .collect();
+    let mode = if libvirt.connected && ceph.connected && at_risk.is_empty() && stuck.is_empty() {
         "serving"
     } else {
         "degraded"
     };
-    format!(
+    let mut line = format!(
         "{mode}: libvirt {}, ceph {}, {} job(s) running",
         state(libvirt.connected),
         state(ceph.connected),
         daemon.jobs.running()
-    )
+    );
+    if !at_risk.is_empty() {
+        let domains: Vec<&str> = at_risk.iter().map(|g| g.domain_uuid.as_str()).collect();
+        line.push_str(&format!(
+            ", {} GUEST(S) AT RISK (thaw not confirmed: {})",
+            at_risk.len(),
+            domains.join(" ")
+        ));
+    }
+    if !stuck.is_empty() {
+        line.push_str(&format!(", {}", stuck.join(", ")));
+    }
+    line
 }
 
 /// Keep systemd's STATUS= current.

@@ -58,10 +58,7 @@ impl Backends {
             agent_timeout_secs: config.libvirt.agent_timeout_secs.ceil() as i32,
             ceph_conf: config.ceph.conf.clone(),
             ceph_id: config.ceph.client_id.clone(),
-            ceph_options: vec![(
-                "rbd_concurrent_management_ops",
-                config.ceph.concurrent_management_ops.to_string(),
-            )],
+            ceph_options: config.ceph.client_options(),
             libvirt: RwLock::new(Slot {
                 handle: None,
                 error: Some("not connected yet".into()),
@@ -136,9 +133,13 @@ impl Backends {
     /// Try to connect whatever is missing, each attempt bounded by `deadline`
     /// (a connect that hangs keeps its thread; the next round tries again).
     pub async fn connect_missing(self: &Arc<Self>, deadline: Duration) {
+        tokio::join!(self.connect_libvirt(deadline), self.connect_ceph(deadline));
+    }
+
+    /// Connect libvirt if it is missing, within `deadline`.
+    pub async fn connect_libvirt(self: &Arc<Self>, deadline: Duration) {
         let need_libvirt = self.hypervisor().is_err();
-        let need_ceph = self.store().is_err();
-        let libvirt = async {
+        {
             if need_libvirt {
                 let me = Arc::clone(self);
                 let (uri, timeout) = (self.libvirt_uri.clone(), self.agent_timeout_secs);
@@ -151,8 +152,13 @@ impl Backends {
                     me.set_libvirt(outcome.map(|hv| Arc::new(hv) as Arc<dyn Hypervisor>));
                 }
             }
-        };
-        let ceph = async {
+        }
+    }
+
+    /// Connect Ceph if it is missing, within `deadline`.
+    pub async fn connect_ceph(self: &Arc<Self>, deadline: Duration) {
+        let need_ceph = self.store().is_err();
+        {
             if need_ceph {
                 let me = Arc::clone(self);
                 let connect = self.ceph_connector();
@@ -161,8 +167,7 @@ impl Backends {
                     me.set_ceph(outcome.map(|s| Arc::new(s) as Arc<dyn ImageStore>));
                 }
             }
-        };
-        tokio::join!(libvirt, ceph);
+        }
     }
 
     /// A Ceph connect with this daemon's settings, to run off the runtime.

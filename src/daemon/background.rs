@@ -41,8 +41,9 @@ pub async fn flatten(
     let job_id = new.job_id.clone();
     tracing::info!(mode = ?after.mode, images = ?after.dests, "answered; flattening goes on");
     if let Err(e) = daemon
-        .step_log()
-        .record(&job_id, &snapshot::Step::Flattening)
+        .journal
+        .record_async(&job_id, snapshot::Step::Flattening)
+        .await
     {
         tracing::warn!(error = %e, "could not journal the flatten's start");
     }
@@ -60,12 +61,16 @@ pub async fn flatten(
         Ok(()) => {
             tracing::info!(images = ?after.dests, "background flatten done");
             let outcome = Ok(flattened(answer));
-            daemon.journal_end(&new, &outcome);
+            daemon.journal_end(&new, &outcome).await;
             daemon.jobs.finish(&job_id, &outcome);
         }
         Err(err) if err.kind == SnapshotErrorKind::Cancelled && daemon.is_shutting_down() => {
             // no end in the journal: the next start resumes the flatten
-            if let Err(e) = daemon.step_log().record(&job_id, &snapshot::Step::Paused) {
+            if let Err(e) = daemon
+                .journal
+                .record_async(&job_id, snapshot::Step::Paused)
+                .await
+            {
                 tracing::warn!(error = %e, "could not journal the pause: the next start will not resume the flatten");
             }
             tracing::info!("background flatten paused for shutdown; resumed at the next start");
@@ -85,7 +90,7 @@ pub async fn flatten(
             );
             let mut result = answer;
             result["flatten_error"] = serde_json::to_value(&error).unwrap_or_default();
-            daemon.journal_end(&new, &Ok(result));
+            daemon.journal_end(&new, &Ok(result)).await;
             daemon.jobs.finish(&job_id, &Err(error));
         }
     }
@@ -105,7 +110,7 @@ fn flattened(mut answer: Value) -> Value {
 impl Daemon {
     /// Journal a job's end (what `request_id` retries and `jobs.get` find
     /// after a restart).
-    pub fn journal_end(&self, new: &NewJob, outcome: &Result<Value, RpcError>) {
+    pub async fn journal_end(&self, new: &NewJob, outcome: &Result<Value, RpcError>) {
         let end = Record::End {
             job_id: new.job_id.clone(),
             request_id: new.request_id.clone(),
@@ -118,7 +123,7 @@ impl Daemon {
                 Err(error) => Outcome::Error(error.clone()),
             },
         };
-        if let Err(e) = self.journal.append(&end) {
+        if let Err(e) = self.journal.append_async(end).await {
             // the work is done or undone; a restart will only redo the undo
             tracing::error!(error = %e, "could not journal the job's end");
         }

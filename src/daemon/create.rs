@@ -33,6 +33,7 @@ pub(super) async fn snapshot_create(
     let hv = daemon.backends.hypervisor()?;
     let store = daemon.backends.store()?;
     let domain_uuid = lookup_uuid(daemon, &hv, &params.domain).await?;
+    daemon.refuse_if_guarded(&domain_uuid)?;
     let new = NewJob {
         job_id: snapshot::workflow::new_job_id(),
         domain: params.domain.clone(),
@@ -59,7 +60,7 @@ pub(super) async fn snapshot_create(
         client_addr: store.client_addr(),
         at: now_unix(),
     };
-    if let Err(e) = daemon.journal.append(&accepted) {
+    if let Err(e) = daemon.journal.append_async(accepted).await {
         let error = RpcError::new(
             ErrorKind::Internal,
             format!("cannot write the journal, so not starting: {e}"),
@@ -76,6 +77,7 @@ pub(super) async fn snapshot_create(
         cancel,
         log: daemon.step_log(),
         slots: Arc::clone(&daemon.slots),
+        guards: Arc::clone(&daemon.guards),
     };
     // the job answers through `answered`; with a background flatten it
     // goes on after that, in its own task
@@ -106,22 +108,13 @@ async fn lookup_uuid(
 ) -> Result<String, RpcError> {
     let (hv, name) = (Arc::clone(hv), domain.to_string());
     let deadline = daemon.settings.call_deadline;
-    match tokio::time::timeout(
-        deadline,
-        tokio::task::spawn_blocking(move || hv.domain(&name)),
-    )
-    .await
+    match crate::owners::LIBVIRT
+        .call(deadline, move || hv.domain(&name))
+        .await
     {
-        Ok(Ok(Ok(info))) => Ok(info.uuid),
-        Ok(Ok(Err(e))) => Err(wire::libvirt_error(&e)),
-        Ok(Err(e)) => Err(RpcError::new(
-            ErrorKind::Internal,
-            format!("lookup task failed: {e}"),
-        )),
-        Err(_) => Err(RpcError::new(
-            ErrorKind::LibvirtUnavailable,
-            "libvirt did not answer the domain lookup in time",
-        )),
+        Ok(Ok(info)) => Ok(info.uuid),
+        Ok(Err(e)) => Err(wire::libvirt_error(&e)),
+        Err(late) => Err(wire::late_libvirt(&late)),
     }
 }
 
@@ -227,7 +220,7 @@ async fn run_job(
     // answered first: a crash before this record only makes recovery find
     // the finished (or rolled-back) steps and record the same end
     if recovering.is_none() {
-        daemon.journal_end(&new, &wire_outcome);
+        daemon.journal_end(&new, &wire_outcome).await;
     }
 }
 

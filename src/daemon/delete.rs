@@ -63,17 +63,20 @@ pub(super) async fn snapshot_delete(
         drop(img);
         store.remove_image(&spec).map_err(|e| wire::rbd_error(&e))
     };
-    match tokio::time::timeout(deadline, tokio::task::spawn_blocking(call)).await {
-        Ok(Ok(Ok(()))) => {
+    match crate::owners::CEPH.call(deadline, call).await {
+        Ok(Ok(())) => {
             tracing::info!(pool = %pool, image = %image, "image deleted");
             Ok(json!({"pool": pool, "image": image, "deleted": true}))
         }
-        Ok(Ok(Err(e))) => Err(e),
-        Ok(Err(join)) => Err(RpcError::new(
+        Ok(Err(e)) => Err(e),
+        Err(crate::owners::Late::Panicked(msg)) => Err(RpcError::new(
             ErrorKind::Internal,
-            format!("delete task failed: {join}"),
+            format!("delete task failed: {msg}"),
         )),
-        Err(_) => Err(RpcError::new(
+        Err(crate::owners::Late::Saturated(msg)) => {
+            Err(RpcError::new(ErrorKind::CephUnavailable, msg))
+        }
+        Err(crate::owners::Late::TimedOut(_)) => Err(RpcError::new(
             ErrorKind::CephUnavailable,
             format!(
                 "delete of {pool}/{image} did not finish within {} s",

@@ -26,7 +26,7 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::journal::Journal;
 use crate::protocol::{Call, ErrorKind, ProgressParams, RpcError};
-use crate::snapshot::{FlattenSlots, Settings, StepLog};
+use crate::snapshot::{FlattenSlots, GuardLog, Settings, StepLog, ThawGuards};
 
 /// Where a request's progress notifications go (the request's connection).
 pub type Notify = Arc<dyn Fn(ProgressParams) + Send + Sync>;
@@ -50,6 +50,8 @@ pub struct Daemon {
     pub recovery: recover::Recovery,
     /// The host-wide flatten slots.
     pub slots: Arc<FlattenSlots>,
+    /// Guests whose thaw is not confirmed, each with a guard thawing it.
+    pub guards: Arc<ThawGuards>,
     started: Instant,
     shutting_down: AtomicBool,
 }
@@ -58,12 +60,22 @@ impl Daemon {
     /// A daemon for `config` (validated) with its opened journal, backends
     /// not yet connected.
     pub fn new(config: Config, journal: Journal) -> Arc<Daemon> {
+        let journal = Arc::new(journal);
+        let backends = Arc::new(Backends::new(&config));
+        let settings = config.settings();
+        let source = Arc::clone(&backends);
+        let guards = ThawGuards::new(
+            Arc::new(move || source.hypervisor().ok()),
+            Arc::clone(&journal) as Arc<dyn GuardLog>,
+            settings.agent_timeout,
+        );
         Arc::new(Daemon {
-            journal: Arc::new(journal),
+            journal,
             recovery: recover::Recovery::default(),
             slots: FlattenSlots::new(config.snapshot.max_concurrent_flattens),
-            settings: config.settings(),
-            backends: Arc::new(Backends::new(&config)),
+            settings,
+            guards,
+            backends,
             config,
             jobs: Jobs::default(),
             stats: Stats::default(),
@@ -114,6 +126,26 @@ impl Daemon {
         };
         self.stats.answered(outcome.is_err());
         outcome
+    }
+
+    /// A domain with a thaw guard may be frozen right now: no snapshot.
+    fn refuse_if_guarded(&self, domain_uuid: &str) -> Result<(), RpcError> {
+        match self.guards.get(domain_uuid) {
+            None => Ok(()),
+            Some(guard) => {
+                let mut error = RpcError::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "domain {domain_uuid} may still be frozen: job {} could not confirm its \
+                         thaw, and a thaw guard keeps thawing it (since unix {}, {} attempt(s), \
+                         last: {}); retry once daemon.status shows no guest at risk",
+                        guard.job_id, guard.since_unix, guard.attempts, guard.last_error
+                    ),
+                );
+                error.data.guard = Some(Box::new(wire::guard_data(&guard)));
+                Err(error)
+            }
+        }
     }
 
     fn refuse_if_shutting_down(&self) -> Result<(), RpcError> {

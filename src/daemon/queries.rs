@@ -26,26 +26,13 @@ pub(super) fn jobs_get(daemon: &Daemon, job_id: &str) -> Result<Value, RpcError>
 pub(super) async fn domain_disks(daemon: &Arc<Daemon>, domain: String) -> Result<Value, RpcError> {
     let hv = daemon.backends.hypervisor()?;
     let deadline = daemon.settings.call_deadline;
-    let info = match tokio::time::timeout(
-        deadline,
-        tokio::task::spawn_blocking(move || hv.domain(&domain)),
-    )
-    .await
+    let info = match crate::owners::LIBVIRT
+        .call(deadline, move || hv.domain(&domain))
+        .await
     {
-        Ok(Ok(Ok(info))) => info,
-        Ok(Ok(Err(e))) => return Err(wire::libvirt_error(&e)),
-        Ok(Err(join)) => {
-            return Err(RpcError::new(
-                ErrorKind::Internal,
-                format!("lookup task failed: {join}"),
-            ))
-        }
-        Err(_) => {
-            return Err(RpcError::new(
-                ErrorKind::LibvirtUnavailable,
-                "libvirt did not answer in time",
-            ))
-        }
+        Ok(Ok(info)) => info,
+        Ok(Err(e)) => return Err(wire::libvirt_error(&e)),
+        Err(late) => return Err(wire::late_libvirt(&late)),
     };
     let boot = boot_disk(&info).map(|d| d.target.clone());
     let mut value = to_value(&info)?;
@@ -70,7 +57,22 @@ pub(super) fn daemon_status(daemon: &Daemon) -> Result<Value, RpcError> {
         "jobs_in_flight": daemon.jobs.running(),
         "flattens": { "limit": daemon.slots.limit(), "running": running, "queued": queued },
         "recovery": daemon.recovery.status(),
+        "guests_at_risk": to_value(&daemon.guards.list())?,
+        "blocking_calls": blocking_calls(),
         "counters": to_value(&daemon.stats.counters())?,
         "freeze_window_ms": to_value(&daemon.stats.freeze_windows())?,
     }))
+}
+
+/// Each backend owner's usage: calls running, stuck past their deadline,
+/// abandoned since start, and whether that makes the backend degraded.
+fn blocking_calls() -> Value {
+    let mut map = serde_json::Map::new();
+    for owner in crate::owners::all() {
+        map.insert(
+            owner.name().to_string(),
+            serde_json::to_value(owner.status()).unwrap_or_default(),
+        );
+    }
+    Value::Object(map)
 }

@@ -21,12 +21,35 @@ use crate::snapshot::JobHooks;
 /// How often pending recovery is retried.
 const RETRY: Duration = Duration::from_secs(2);
 
+/// Each recovery pass over the pending jobs gets this long before its
+/// Ceph calls are abandoned (and retried in the next pass).
+const PASS_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A job waiting for recovery, and why it waits.
+#[derive(Debug, Clone)]
+struct PendingJob {
+    trail: Trail,
+    reason: String,
+}
+
+/// What recovery has to do and has done.
+#[derive(Debug, Default)]
+struct RecoveryState {
+    /// Jobs not recovered yet.
+    pending: Vec<PendingJob>,
+    /// Jobs recovered since start.
+    recovered: usize,
+}
+
 /// Recovery's state, for `daemon.status`.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    inner: Mutex<(Vec<(Trail, String)>, usize)>,
+    inner: Mutex<RecoveryState>,
     /// What the start-up sweep found.
     orphans: Mutex<Vec<Orphan>>,
+    /// Set while a pass runs: passes never overlap, so a stuck cluster
+    /// holds one pass's calls, not one more every retry.
+    running: std::sync::atomic::AtomicBool,
 }
 
 impl Recovery {
@@ -34,23 +57,25 @@ impl Recovery {
     pub fn status(&self) -> Value {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let pending: Vec<Value> = inner
-            .0
+            .pending
             .iter()
-            .map(
-                |(t, why)| json!({"job_id": t.job_id, "domain_uuid": t.domain_uuid, "reason": why}),
-            )
+            .map(|p| json!({"job_id": p.trail.job_id, "domain_uuid": p.trail.domain_uuid, "reason": p.reason}))
             .collect();
         let orphans = self
             .orphans
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        json!({"pending": pending, "recovered": inner.1, "orphans": orphans})
+        json!({"pending": pending, "recovered": inner.recovered, "orphans": orphans})
     }
 
     /// Jobs still waiting.
     pub fn pending(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .len()
     }
 }
 
@@ -102,56 +127,94 @@ impl Daemon {
         }
     }
 
-    /// Try to recover each trail now; what cannot be done yet waits in
-    /// the pending list for [`Daemon::keep_recovering`]. Returns how many wait.
+    /// Arm a thaw guard for every trail that may have left its guest
+    /// frozen (the guard thaws, whatever Ceph does).
+    pub async fn guard_trails(self: &Arc<Self>, trails: &[Trail]) {
+        for trail in trails.iter().filter(|t| t.maybe_frozen()) {
+            let why = "the daemon stopped while the guest may have been frozen".to_string();
+            self.guards
+                .arm(&trail.domain_uuid, &trail.job_id, why, None, None)
+                .await;
+        }
+    }
+
+    /// Try to recover the Ceph side of each trail now, within one pass
+    /// deadline; what cannot be done yet waits in the pending list for
+    /// [`Daemon::keep_recovering`]. Returns how many wait.
     pub async fn recover(self: &Arc<Self>, trails: Vec<Trail>) -> usize {
+        use std::sync::atomic::Ordering;
+        if self.recovery.running.swap(true, Ordering::SeqCst) {
+            return self.recovery.pending();
+        }
+        self.guard_trails(&trails).await;
         for trail in trails {
-            let hv = self.backends.hypervisor().ok();
             let store = self.backends.store().ok();
             let job = trail.clone();
-            let outcome = tokio::task::spawn_blocking(move || {
-                recovery::recover(&job, hv.as_ref(), store.as_ref())
-            })
-            .await
-            .unwrap_or_else(|e| Recovered::Pending(format!("recovery task failed: {e}")));
+            let outcome = crate::owners::CEPH
+                .call(PASS_DEADLINE, move || {
+                    recovery::recover(&job, store.as_ref())
+                })
+                .await
+                .unwrap_or_else(|late| {
+                    Recovered::Pending(match late {
+                        crate::owners::Late::TimedOut(_) => format!(
+                            "the rollback did not finish within {} s (Ceph stalled); retried",
+                            PASS_DEADLINE.as_secs()
+                        ),
+                        crate::owners::Late::Saturated(msg) => msg,
+                        crate::owners::Late::Panicked(msg) => format!("recovery panicked: {msg}"),
+                    })
+                });
+            self.settle(trail, outcome).await;
+        }
+        self.recovery.running.store(false, Ordering::SeqCst);
+        self.recovery.pending()
+    }
+
+    /// Record what recovering one trail did.
+    async fn settle(self: &Arc<Self>, trail: Trail, outcome: Recovered) {
+        {
             let mut inner = self
                 .recovery
                 .inner
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            inner.0.retain(|(t, _)| t.job_id != trail.job_id);
-            match outcome {
-                Recovered::Ended(outcome, actions) => {
-                    drop(inner);
-                    self.end_recovered(&trail, outcome, actions);
+            inner.pending.retain(|p| p.trail.job_id != trail.job_id);
+            match &outcome {
+                Recovered::Pending(reason) => {
+                    tracing::warn!(job_id = %trail.job_id, reason = %reason, "recovery pending");
+                    inner.pending.push(PendingJob {
+                        trail,
+                        reason: reason.clone(),
+                    });
+                    return;
                 }
-                Recovered::Pending(why) => {
-                    tracing::warn!(job_id = %trail.job_id, reason = %why, "recovery pending");
-                    inner.0.push((trail, why));
-                }
-                Recovered::Resume {
-                    result,
-                    actions,
-                    mode,
-                    dests,
-                } => {
-                    inner.1 += 1;
-                    drop(inner);
-                    self.resume_flatten(
-                        &trail,
-                        result,
-                        actions,
-                        AfterAnswer {
-                            mode,
-                            dests,
-                            tasks: Vec::new(),
-                            resumed: true,
-                        },
-                    );
-                }
+                Recovered::Resume { .. } => inner.recovered += 1,
+                Recovered::Ended(..) => {}
             }
         }
-        self.recovery.pending()
+        match outcome {
+            Recovered::Ended(outcome, actions) => {
+                self.end_recovered(&trail, outcome, actions).await;
+            }
+            Recovered::Resume {
+                result,
+                actions,
+                mode,
+                dests,
+            } => self.resume_flatten(
+                &trail,
+                result,
+                actions,
+                AfterAnswer {
+                    mode,
+                    dests,
+                    tasks: Vec::new(),
+                    resumed: true,
+                },
+            ),
+            Recovered::Pending(_) => {}
+        }
     }
 
     /// Register an answered job whose flatten had not ended, and finish it
@@ -187,6 +250,7 @@ impl Daemon {
             cancel,
             log: self.step_log(),
             slots: Arc::clone(&self.slots),
+            guards: Arc::clone(&self.guards),
         };
         let daemon = Arc::clone(self);
         let span = tracing::info_span!("job", job_id = %trail.job_id);
@@ -207,11 +271,19 @@ impl Daemon {
             .unwrap_or_else(|p| p.into_inner());
         for trail in trails {
             tracing::warn!(job_id, reason = %why, "rollback incomplete: recovery will finish it");
-            inner.0.push((trail, why.clone()));
+            inner.pending.push(PendingJob {
+                trail,
+                reason: why.clone(),
+            });
         }
     }
 
-    fn end_recovered(&self, trail: &Trail, outcome: Outcome, actions: Vec<String>) {
+    async fn end_recovered(
+        self: &Arc<Self>,
+        trail: &Trail,
+        outcome: Outcome,
+        actions: Vec<String>,
+    ) {
         tracing::warn!(job_id = %trail.job_id, actions = ?actions, "recovered a job a previous run left unfinished");
         let new = new_job(
             &trail.job_id,
@@ -228,7 +300,7 @@ impl Daemon {
             at: now_unix(),
             outcome: outcome.clone(),
         };
-        if let Err(e) = self.journal.append(&end) {
+        if let Err(e) = self.journal.append_async(end).await {
             tracing::error!(job_id = %trail.job_id, error = %e, "could not journal a recovered job's end");
         }
         self.jobs
@@ -237,7 +309,7 @@ impl Daemon {
             .inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .1 += 1;
+            .recovered += 1;
     }
 
     /// Look for temporary snapshots no journal knows, per `sweep_orphans`.
@@ -257,17 +329,18 @@ impl Daemon {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             inner
-                .0
+                .pending
                 .iter()
-                .map(|(t, _)| t.job_id.clone())
+                .map(|p| p.trail.job_id.clone())
                 .chain(self.jobs.list().into_iter().map(|j| j.job_id))
                 .collect()
         };
         let remove = policy == "remove";
-        let found = tokio::task::spawn_blocking(move || {
-            recovery::sweep(hv.as_ref(), store.as_ref(), &known, remove)
-        })
-        .await;
+        let found = crate::owners::CEPH
+            .call(PASS_DEADLINE, move || {
+                recovery::sweep(hv.as_ref(), store.as_ref(), &known, remove)
+            })
+            .await;
         match found {
             Ok(Ok(orphans)) => {
                 for orphan in &orphans {
@@ -280,7 +353,7 @@ impl Daemon {
                     .unwrap_or_else(|p| p.into_inner()) = orphans;
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "orphan sweep failed"),
-            Err(e) => tracing::warn!(error = %e, "orphan sweep task failed"),
+            Err(_) => tracing::warn!("orphan sweep did not finish in time, or Ceph is saturated"),
         }
     }
 
@@ -297,7 +370,7 @@ impl Daemon {
                     .inner
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                inner.0.iter().map(|(t, _)| t.clone()).collect()
+                inner.pending.iter().map(|p| p.trail.clone()).collect()
             };
             if trails.is_empty() {
                 continue;

@@ -24,6 +24,7 @@ pub fn snapshot_error(err: &SnapshotError, job_id: &str) -> RpcError {
         S::FreezeFailed => ErrorKind::FreezeFailed,
         S::FreezeTimeout => ErrorKind::FreezeTimeout,
         S::ThawFailed => ErrorKind::ThawFailed,
+        S::Busy => ErrorKind::Busy,
         S::LibvirtUnavailable => ErrorKind::LibvirtUnavailable,
         S::CephUnavailable => ErrorKind::CephUnavailable,
         S::Timeout => ErrorKind::Timeout,
@@ -35,6 +36,7 @@ pub fn snapshot_error(err: &SnapshotError, job_id: &str) -> RpcError {
     let mut wire = RpcError::new(kind, err.to_string());
     wire.data.job_id = Some(job_id.to_string());
     wire.data.rollback_failures = err.rollback_failures.clone();
+    wire.data.guard = err.guard.as_ref().map(|g| Box::new(guard_data(g)));
     wire
 }
 
@@ -67,4 +69,30 @@ pub fn libvirt_error(err: &LibvirtError) -> RpcError {
         }
     };
     RpcError::new(kind, err.to_string())
+}
+
+/// A thaw guard as error data names it.
+pub fn guard_data(guard: &crate::snapshot::GuardInfo) -> crate::protocol::GuardData {
+    crate::protocol::GuardData {
+        domain_uuid: guard.domain_uuid.clone(),
+        job_id: guard.job_id.clone(),
+        since_unix: guard.since_unix,
+        last_error: guard.last_error.clone(),
+    }
+}
+
+/// A libvirt call that did not return in time, or was not started.
+pub fn late_libvirt<T>(late: &crate::owners::Late<T>) -> RpcError {
+    match late {
+        crate::owners::Late::Panicked(msg) => {
+            RpcError::new(ErrorKind::Internal, format!("libvirt call panicked: {msg}"))
+        }
+        crate::owners::Late::Saturated(msg) => {
+            RpcError::new(ErrorKind::LibvirtUnavailable, msg.clone())
+        }
+        crate::owners::Late::TimedOut(_) => RpcError::new(
+            ErrorKind::LibvirtUnavailable,
+            "libvirt did not answer in time",
+        ),
+    }
 }

@@ -17,10 +17,9 @@ pub use record::{crc32, Outcome, Record};
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::snapshot::{Step, StepLog};
 
@@ -35,6 +34,15 @@ impl Inner {
     fn track(&mut self, record: &Record) {
         let job = record.job_id().to_string();
         match record {
+            Record::Guard { domain_uuid, .. } => {
+                self.guards
+                    .retain(|g| guarded_domain(g) != Some(domain_uuid));
+                self.guards.push(record.clone());
+            }
+            Record::Unguard { domain_uuid, .. } => {
+                self.guards
+                    .retain(|g| guarded_domain(g) != Some(domain_uuid));
+            }
             Record::End { .. } => {
                 self.live.retain(|(id, _)| *id != job);
                 self.ended.retain(|r| r.job_id() != job);
@@ -48,6 +56,13 @@ impl Inner {
                 None => self.live.push((job, vec![record.clone()])),
             },
         }
+    }
+}
+
+fn guarded_domain(record: &Record) -> Option<&String> {
+    match record {
+        Record::Guard { domain_uuid, .. } => Some(domain_uuid),
+        _ => None,
     }
 }
 
@@ -65,6 +80,9 @@ pub enum JournalError {
         /// 1-based line number.
         line: usize,
     },
+    /// An earlier append failed and could not be cut back.
+    #[error("the journal is unusable: {0}")]
+    Broken(String),
     /// An OS call failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -96,8 +114,16 @@ struct Inner {
     live: Vec<(String, Vec<Record>)>,
     /// The newest end records.
     ended: VecDeque<Record>,
+    /// Guards armed and not cleared, one per domain.
+    guards: Vec<Record>,
     /// Records appended since the last compaction.
     appended: usize,
+    /// Length of the file's intact records: a failed append is cut back
+    /// to it, so no fragment makes the next start refuse the journal.
+    len: u64,
+    /// Set when a failed append could not be cut back: the file may end in
+    /// a fragment, and nothing more is appended (no journal, no job).
+    broken: Option<String>,
 }
 
 /// The open journal.
@@ -107,8 +133,9 @@ pub struct Journal {
     path: PathBuf,
     inner: Mutex<Inner>,
     /// Held for the daemon's life: the single-instance lock.
-    _lock: File,
-    /// Test builds: the step or checkpoint to pause at (RBDSNAPD_TEST_PAUSE_AT).
+    _lock: nix::fcntl::Flock<File>,
+    /// Builds with the `test-hooks` feature: the step or checkpoint to
+    /// pause at (RBDSNAPD_TEST_PAUSE_AT). Always `None` in other builds.
     pause_at: Option<String>,
 }
 
@@ -124,13 +151,8 @@ impl Journal {
             .write(true)
             .open(&lock_path)
             .map_err(io_err("open", &lock_path))?;
-        // SAFETY: flock on a descriptor we own and keep open for as long as
-        // the lock must hold; it takes no pointers.
-        if unsafe { nix::libc::flock(lock.as_raw_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB) }
-            != 0
-        {
-            return Err(JournalError::Locked(dir.to_path_buf()));
-        }
+        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| JournalError::Locked(dir.to_path_buf()))?;
         let path = dir.join("journal");
         let (records, good_len) = read(&path)?;
         let existed = path.exists();
@@ -148,14 +170,15 @@ impl Journal {
         if !existed {
             sync_dir(dir)?;
         }
-        let pause_at = std::env::var("RBDSNAPD_TEST_PAUSE_AT")
-            .ok()
-            .filter(|s| !s.is_empty());
+        let pause_at = test_pause_point();
         let mut inner = Inner {
             file,
             live: Vec::new(),
             ended: VecDeque::new(),
+            guards: Vec::new(),
             appended: 0,
+            len: good_len,
+            broken: None,
         };
         for record in &records {
             inner.track(record);
@@ -175,14 +198,19 @@ impl Journal {
     pub fn append(&self, record: &Record) -> Result<(), JournalError> {
         let line = record.to_line().map_err(|e| self.encode_error(e))?;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner
+        if let Some(why) = &inner.broken {
+            return Err(JournalError::Broken(why.clone()));
+        }
+        let written = inner
             .file
             .write_all(line.as_bytes())
-            .map_err(io_err("write", &self.path))?;
-        inner
-            .file
-            .sync_data()
-            .map_err(io_err("fsync", &self.path))?;
+            .map_err(io_err("write", &self.path))
+            .and_then(|()| inner.file.sync_data().map_err(io_err("fsync", &self.path)));
+        if let Err(e) = written {
+            self.cut_back(&mut inner, &e);
+            return Err(e);
+        }
+        inner.len += line.len() as u64;
         inner.track(record);
         inner.appended += 1;
         if matches!(record, Record::End { .. }) && inner.appended >= COMPACT_EVERY {
@@ -191,6 +219,41 @@ impl Journal {
             }
         }
         Ok(())
+    }
+
+    /// [`Journal::append`] on the journal's owner, off the async runtime.
+    pub async fn append_async(self: &Arc<Self>, record: Record) -> Result<(), String> {
+        let me = Arc::clone(self);
+        run_owned(move || me.append(&record).map_err(|e| e.to_string())).await
+    }
+
+    /// A step of a job, journalled off the async runtime.
+    pub async fn record_async(self: &Arc<Self>, job_id: &str, step: Step) -> Result<(), String> {
+        let (me, job_id) = (Arc::clone(self), job_id.to_string());
+        run_owned(move || StepLog::record(me.as_ref(), &job_id, &step)).await
+    }
+
+    /// [`Journal::compact`] off the async runtime.
+    pub async fn compact_async(self: &Arc<Self>) -> Result<(), String> {
+        let me = Arc::clone(self);
+        run_owned(move || me.compact().map_err(|e| e.to_string())).await
+    }
+
+    /// A failed append (ENOSPC, EIO) may have left part of its record:
+    /// cut the file back to its intact records, or, when even that fails,
+    /// stop appending so that no job acts on an unrecorded step.
+    fn cut_back(&self, inner: &mut Inner, cause: &JournalError) {
+        let len = inner.len;
+        let cut = inner.file.set_len(len).and_then(|()| inner.file.sync_all());
+        if let Err(e) = cut {
+            let why = format!(
+                "{cause}; cutting {} back to {len} bytes failed too ({e}): no more jobs until \
+                 the daemon is restarted (the next start drops the torn record)",
+                self.path.display()
+            );
+            tracing::error!(reason = %why, "journal unusable");
+            inner.broken = Some(why);
+        }
     }
 
     /// Rewrite the journal with only what matters: the newest end records
@@ -203,32 +266,43 @@ impl Journal {
 
     fn compact_locked(&self, inner: &mut Inner) -> Result<(), JournalError> {
         let tmp = self.dir.join("journal.tmp");
+        // the descriptor appended to from now on is opened before the
+        // rename: it follows the file to its name, and no reopen can fail
+        // append mode, as the journal's own descriptor: after a cut-back,
+        // the next record lands at the new end, not past a hole
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err("remove", &tmp)(e))
+            }
+            _ => {}
+        }
+        let mut out = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .read(true)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        let mut len = 0u64;
         {
-            let mut out = File::create(&tmp).map_err(io_err("create", &tmp))?;
             let keep = inner
                 .ended
                 .iter()
-                .chain(inner.live.iter().flat_map(|(_, recs)| recs.iter()));
+                .chain(inner.live.iter().flat_map(|(_, recs)| recs.iter()))
+                .chain(inner.guards.iter());
             for record in keep {
                 let line = record.to_line().map_err(|e| self.encode_error(e))?;
                 out.write_all(line.as_bytes())
                     .map_err(io_err("write", &tmp))?;
+                len += line.len() as u64;
             }
             out.sync_all().map_err(io_err("fsync", &tmp))?;
         }
         std::fs::rename(&tmp, &self.path).map_err(io_err("rename", &tmp))?;
-        sync_dir(&self.dir)?;
-        let mut reopened = OpenOptions::new()
-            .append(true)
-            .read(true)
-            .open(&self.path)
-            .map_err(io_err("open", &self.path))?;
-        reopened
-            .seek(SeekFrom::End(0))
-            .map_err(io_err("seek", &self.path))?;
-        inner.file = reopened;
+        // renamed: from here on the new file is the journal, whatever fails
+        inner.file = out;
+        inner.len = len;
         inner.appended = 0;
-        Ok(())
+        sync_dir(&self.dir)
     }
 
     /// The records of a job that has not ended.
@@ -284,6 +358,43 @@ impl StepLog for Journal {
     fn checkpoint(&self, job_id: &str, name: &str) {
         self.pause_if_asked(job_id, name);
     }
+
+    fn pauses_at(&self, name: &str) -> bool {
+        self.pause_at.as_deref() == Some(name)
+    }
+}
+
+impl crate::snapshot::GuardLog for Journal {
+    fn armed(&self, guard: &crate::snapshot::GuardInfo) -> Result<(), String> {
+        self.append(&Record::Guard {
+            job_id: guard.job_id.clone(),
+            domain_uuid: guard.domain_uuid.clone(),
+            since: guard.since_unix,
+            reason: guard.last_error.clone(),
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    fn cleared(&self, guard: &crate::snapshot::GuardInfo) -> Result<(), String> {
+        self.append(&Record::Unguard {
+            job_id: guard.job_id.clone(),
+            domain_uuid: guard.domain_uuid.clone(),
+        })
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// The pause point a test asked for; release builds have none.
+#[cfg(feature = "test-hooks")]
+fn test_pause_point() -> Option<String> {
+    std::env::var("RBDSNAPD_TEST_PAUSE_AT")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn test_pause_point() -> Option<String> {
+    None
 }
 
 /// Every intact record and the length of the intact prefix.
@@ -329,6 +440,23 @@ fn read(path: &Path) -> Result<(Vec<Record>, u64), JournalError> {
                 });
             }
         }
+    }
+}
+
+/// Run a journal write on its owner: no deadline to abandon it at (a write
+/// not known durable must not be acted upon), but never on a worker thread.
+async fn run_owned<F>(call: F) -> Result<(), String>
+where
+    F: FnOnce() -> Result<(), String> + Send + 'static,
+{
+    match crate::owners::JOURNAL
+        .call(std::time::Duration::from_secs(3600), call)
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(crate::owners::Late::Saturated(msg)) => Err(msg),
+        Err(crate::owners::Late::TimedOut(_)) => Err("the journal write hangs".into()),
+        Err(crate::owners::Late::Panicked(msg)) => Err(format!("journal write panicked: {msg}")),
     }
 }
 

@@ -61,6 +61,25 @@ pub enum Record {
         /// What the job answered.
         outcome: Outcome,
     },
+    /// A thaw guard was armed on a domain: its guest may be frozen until
+    /// an [`Record::Unguard`] for it. Outlives the job's end.
+    Guard {
+        /// The job whose freeze is not confirmed undone.
+        job_id: String,
+        /// The domain.
+        domain_uuid: String,
+        /// Unix seconds of the freeze attempt.
+        since: u64,
+        /// Why the thaw was not confirmed.
+        reason: String,
+    },
+    /// The guard on a domain was cleared: confirmed thawed, or gone.
+    Unguard {
+        /// The job that armed it.
+        job_id: String,
+        /// The domain.
+        domain_uuid: String,
+    },
 }
 
 impl Record {
@@ -69,7 +88,9 @@ impl Record {
         match self {
             Record::Request { job_id, .. }
             | Record::Step { job_id, .. }
-            | Record::End { job_id, .. } => job_id,
+            | Record::End { job_id, .. }
+            | Record::Guard { job_id, .. }
+            | Record::Unguard { job_id, .. } => job_id,
         }
     }
 

@@ -127,3 +127,53 @@ fn one_daemon_per_state_directory() {
     assert!(matches!(Journal::open(&dir), Err(JournalError::Locked(_))));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn after_compaction_appends_reach_the_file_that_has_the_name() {
+    let dir = tempdir("compact-append");
+    {
+        let (journal, _) = Journal::open(&dir).expect("open");
+        journal.append(&step("a")).expect("append");
+        journal.compact().expect("compact");
+        journal.append(&step("b")).expect("append after compaction");
+        assert!(!dir.join("journal.tmp").exists());
+    }
+    let (_journal, records) = Journal::open(&dir).expect("reopen");
+    let jobs: Vec<&str> = records.iter().map(Record::job_id).collect();
+    assert_eq!(jobs, ["a", "b"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn guard(job: &str, domain: &str) -> Record {
+    Record::Guard {
+        job_id: job.into(),
+        domain_uuid: domain.into(),
+        since: 1,
+        reason: "late freeze".into(),
+    }
+}
+
+#[test]
+fn thaw_guards_outlive_their_job_and_compaction_until_cleared() {
+    let dir = tempdir("guards");
+    {
+        let (journal, _) = Journal::open(&dir).expect("open");
+        journal.append(&step("a")).expect("append");
+        journal.append(&guard("a", "dom-1")).expect("guard");
+        journal.append(&guard("b", "dom-2")).expect("guard");
+        journal.append(&end("a")).expect("end");
+        journal
+            .append(&Record::Unguard {
+                job_id: "b".into(),
+                domain_uuid: "dom-2".into(),
+            })
+            .expect("unguard");
+        journal.compact().expect("compact");
+    }
+    let (_journal, records) = Journal::open(&dir).expect("reopen");
+    let active = crate::recovery::guards(&records);
+    let domains: Vec<&str> = active.iter().map(|g| g.domain_uuid.as_str()).collect();
+    assert_eq!(domains, ["dom-1"], "{records:?}");
+    assert_eq!(active[0].job_id, "a");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -79,6 +79,23 @@ pub struct ErrorData {
     /// Undo steps that failed after the error (empty: nothing left behind).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollback_failures: Vec<String>,
+    /// The thaw guard on the domain, when the guest may still be frozen:
+    /// it keeps thawing, and the domain takes no snapshot until it clears.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<Box<GuardData>>,
+}
+
+/// A thaw guard, as error data shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardData {
+    /// The domain that may be frozen.
+    pub domain_uuid: String,
+    /// The job whose freeze is not confirmed undone.
+    pub job_id: String,
+    /// Unix seconds of that freeze attempt.
+    pub since_unix: u64,
+    /// Why the thaw is not confirmed yet.
+    pub last_error: String,
 }
 
 /// A JSON-RPC error object.

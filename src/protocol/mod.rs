@@ -10,7 +10,7 @@
 mod errors;
 mod params;
 
-pub use errors::{ErrorKind, RpcError};
+pub use errors::{ErrorKind, GuardData, RpcError};
 pub use params::*;
 
 use serde::{Deserialize, Serialize};

@@ -40,9 +40,47 @@ impl fmt::Debug for RbdImage {
 }
 
 impl Drop for RbdImage {
+    /// `rbd_close` waits for the image's in-flight ops and releases its
+    /// exclusive lock through the OSDs: it blocks, so inside the daemon's
+    /// runtime it runs on the Ceph owner's threads, not on a worker.
     fn drop(&mut self) {
-        // SAFETY: the handle came from a successful open and is closed only
-        // here, once; `&mut self` means no call on it is in flight.
+        let closer = Closer {
+            handle: self.handle,
+            spec: self.spec.clone(),
+            _pool: Arc::clone(&self.pool),
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return drop(closer);
+        }
+        // a dropped task drops its closure, and so still closes the image
+        let slot = Arc::new(std::sync::Mutex::new(Some(closer)));
+        let take = |slot: &std::sync::Mutex<Option<Closer>>| {
+            drop(slot.lock().unwrap_or_else(|p| p.into_inner()).take())
+        };
+        let owned = Arc::clone(&slot);
+        if crate::owners::CEPH.spawn(move || take(&owned)).is_err() {
+            // every Ceph slot is held by stuck calls: a plain blocking thread
+            tokio::task::spawn_blocking(move || take(&slot));
+        }
+    }
+}
+
+/// Closes an image handle when dropped, wherever that happens.
+struct Closer {
+    handle: ffi::rbd_image_t,
+    spec: ImageSpec,
+    /// The I/O context outlives the handle.
+    _pool: Arc<Pool>,
+}
+
+// SAFETY: the handle moved here from its `RbdImage`, which no longer uses
+// it; `rbd_close` may run on any thread.
+unsafe impl Send for Closer {}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from a successful open; its `RbdImage` is
+        // gone and this is the only close, so no call on it is in flight.
         let rc = unsafe { ffi::rbd_close(self.handle) };
         if rc < 0 {
             tracing::warn!(image = %self.spec, errno = -rc, "closing the image failed");

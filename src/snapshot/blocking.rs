@@ -1,38 +1,68 @@
-//! Running a blocking libvirt or Ceph call off the async runtime, with a
-//! deadline. A call that misses its deadline keeps running on its thread (a C
-//! call cannot be interrupted); the caller gets its handle back so that the
-//! late result can still be waited for and undone.
+//! Running the workflow's blocking libvirt and Ceph calls through their
+//! backend's [`owners`](crate::owners), with a deadline. A call that misses
+//! its deadline keeps running on its thread (a C call cannot be
+//! interrupted); the caller gets its handle back so that the late result can
+//! still be waited for and undone.
 
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-/// How a deadline-bound call ended, when it did not return in time.
-#[derive(Debug)]
-pub enum Late<T> {
-    /// The deadline passed; the call is still running.
-    TimedOut(JoinHandle<T>),
-    /// The call panicked (a bug; never expected from a C binding).
-    Panicked(String),
-}
-
-/// Run `call` on the blocking pool; give up waiting after `deadline`.
-pub async fn with_deadline<T, F>(deadline: Duration, call: F) -> Result<T, Late<T>>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    let mut handle = tokio::task::spawn_blocking(call);
-    match tokio::time::timeout(deadline, &mut handle).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(join)) => Err(Late::Panicked(join.to_string())),
-        Err(_) => Err(Late::TimedOut(handle)),
-    }
-}
+pub use crate::owners::Late;
+use crate::owners::{Owner, CEPH, JOURNAL, LIBVIRT, THAW};
 
 use super::{SnapshotError, SnapshotErrorKind};
 use crate::libvirt::LibvirtError;
 use crate::rbd::RbdError;
+
+/// Run a libvirt call (not a thaw) on the libvirt owner.
+pub async fn libvirt<T, F>(deadline: Duration, call: F) -> Result<T, Late<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    LIBVIRT.call(deadline, call).await
+}
+
+/// Run a librados/librbd call on the Ceph owner.
+pub async fn ceph<T, F>(deadline: Duration, call: F) -> Result<T, Late<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    CEPH.call(deadline, call).await
+}
+
+/// Start a thaw on the reserved thaw lane; the caller bounds the wait.
+pub fn spawn_thaw<T, F>(call: F) -> Result<JoinHandle<T>, String>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    THAW.spawn(call)
+}
+
+/// Write to the journal off the async runtime (appends wait for their
+/// fsync; a full disk or a slow device must not hold a worker thread).
+pub async fn journal<F>(call: F) -> Result<(), String>
+where
+    F: FnOnce() -> Result<(), String> + Send + 'static,
+{
+    // a journal write has no deadline worth abandoning it at: a write that
+    // is not known durable must not be acted upon
+    match JOURNAL.call(Duration::from_secs(3600), call).await {
+        Ok(outcome) => outcome,
+        Err(late) => Err(describe(JOURNAL.name(), &late)),
+    }
+}
+
+fn describe<T>(what: &str, late: &Late<T>) -> String {
+    match late {
+        Late::TimedOut(_) => format!("{what} did not answer in time"),
+        Late::Panicked(msg) => format!("{what} panicked: {msg}"),
+        Late::Saturated(msg) => msg.clone(),
+    }
+}
 
 /// A hypervisor call with a deadline, errors mapped for the workflow.
 pub async fn hv<T, F>(what: &str, deadline: Duration, call: F) -> Result<T, SnapshotError>
@@ -43,7 +73,7 @@ where
     flatten_late(
         what,
         deadline,
-        with_deadline(deadline, call).await,
+        LIBVIRT.call(deadline, call).await,
         SnapshotErrorKind::LibvirtUnavailable,
     )?
     .map_err(|e| SnapshotError::libvirt(&e))
@@ -55,10 +85,24 @@ where
     F: FnOnce() -> Result<T, RbdError> + Send + 'static,
     T: Send + 'static,
 {
+    on_owner(&CEPH, what, deadline, call).await
+}
+
+/// An image-store call on a given owner (the manager's, a flatten's).
+pub async fn on_owner<T, F>(
+    owner: &'static Owner,
+    what: &str,
+    deadline: Duration,
+    call: F,
+) -> Result<T, SnapshotError>
+where
+    F: FnOnce() -> Result<T, RbdError> + Send + 'static,
+    T: Send + 'static,
+{
     flatten_late(
         what,
         deadline,
-        with_deadline(deadline, call).await,
+        owner.call(deadline, call).await,
         SnapshotErrorKind::CephUnavailable,
     )?
     .map_err(|e| SnapshotError::rbd(&e))
@@ -75,6 +119,7 @@ fn flatten_late<T>(
             timeout_kind,
             format!("{what} did not answer within {} ms", deadline.as_millis()),
         ),
+        Late::Saturated(msg) => SnapshotError::new(timeout_kind, format!("{what}: {msg}")),
         Late::Panicked(msg) => SnapshotError::new(
             SnapshotErrorKind::Libvirt,
             format!("{what} panicked: {msg}"),

@@ -7,13 +7,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::blocking::{with_deadline, Late};
+use super::blocking::{self, Late};
+use super::guard::{self, PendingFreeze};
 use super::preflight::Plan;
 use super::saga::{Saga, Undo};
 use super::workflow::Job;
 use super::Step;
 use super::{Consistency, QuiescePolicy, Settings, SnapshotError, SnapshotErrorKind as Kind};
-use crate::libvirt::{FreezeStatus, Hypervisor, LibvirtErrorKind};
+use crate::libvirt::Hypervisor;
 
 /// What the freeze window produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +56,10 @@ pub(super) async fn capture(
     let mut frozen = 0;
     let attempt_freeze = plan.freeze.is_ok();
     if attempt_freeze {
-        job.record(&Step::Freeze)?;
+        if let Some(guard) = job.hooks().guards.get(uuid) {
+            return Err(guarded(&guard));
+        }
+        job.record(&Step::Freeze).await?;
     }
     // the window is the guest's: from the freeze call to the thaw's answer,
     // without our own journal writes on either side
@@ -64,9 +68,12 @@ pub(super) async fn capture(
         match freeze(hv, uuid, settings.freeze_deadline).await {
             Ok(0) => reason = Some("the guest agent froze no filesystem".to_string()),
             Ok(n) => frozen = n,
-            Err(err) => {
+            Err((err, pending)) => {
                 // a failed or late freeze may still have frozen something
-                let thawed = thaw_noted(hv, uuid, settings, job, true).await.map(drop);
+                let uncertain = FreezeOutcome::Uncertain(pending);
+                let thawed = thaw_noted(hv, uuid, settings, job, uncertain)
+                    .await
+                    .map(drop);
                 if policy == QuiescePolicy::Required {
                     return Err(with_thaw_outcome(err, thawed));
                 }
@@ -83,14 +90,14 @@ pub(super) async fn capture(
     } else {
         settings.call_deadline
     };
-    job.checkpoint("frozen");
+    job.checkpoint("frozen").await;
     let snapped = snapshot_all(plan, snap, snap_deadline, saga).await;
-    job.checkpoint("snapshotted");
+    job.checkpoint("snapshotted").await;
     let snap_ms = ms(snap_started.elapsed());
     let thaw_started = Instant::now();
     let mut window_end = thaw_started;
     if attempt_freeze {
-        let thawed = thaw_noted(hv, uuid, settings, job, false).await;
+        let thawed = thaw_noted(hv, uuid, settings, job, FreezeOutcome::Answered).await;
         if let Err(err) = snapped {
             return Err(with_thaw_outcome(err, thawed.map(drop)));
         }
@@ -118,13 +125,15 @@ pub(super) async fn capture(
     })
 }
 
+/// Freeze; on failure, the error and the freeze call if it is still
+/// running (it may yet land).
 async fn freeze(
     hv: &Arc<dyn Hypervisor>,
     uuid: &str,
     deadline: Duration,
-) -> Result<u32, SnapshotError> {
+) -> Result<u32, (SnapshotError, Option<PendingFreeze>)> {
     let (hv, id) = (Arc::clone(hv), uuid.to_string());
-    match with_deadline(deadline, move || hv.freeze(&id, &[])).await {
+    match blocking::libvirt(deadline, move || hv.freeze(&id, &[])).await {
         Ok(Ok(n)) => Ok(n),
         Ok(Err(e)) => {
             let mut err = SnapshotError::libvirt(&e);
@@ -133,16 +142,40 @@ async fn freeze(
                 @ (Kind::FreezeTimeout | Kind::LibvirtUnavailable | Kind::AgentUnavailable) => kind,
                 _ => Kind::FreezeFailed,
             };
-            Err(err)
+            Err((err, None))
         }
-        Err(_) => Err(SnapshotError::new(
-            Kind::FreezeTimeout,
-            format!(
-                "the guest did not freeze within {} ms",
-                deadline.as_millis()
-            ),
-        )),
+        Err(late) => {
+            let pending = match late {
+                Late::TimedOut(handle) => Some(tokio::spawn(async move {
+                    let _ = handle.await;
+                })),
+                _ => None,
+            };
+            let err = SnapshotError::new(
+                Kind::FreezeTimeout,
+                format!(
+                    "the guest did not freeze within {} ms",
+                    deadline.as_millis()
+                ),
+            );
+            Err((err, pending))
+        }
     }
+}
+
+/// A domain with a guard takes no snapshot: it may be frozen right now.
+pub(super) fn guarded(guard: &guard::GuardInfo) -> SnapshotError {
+    let mut err = SnapshotError::new(
+        Kind::Busy,
+        format!(
+            "domain {} may still be frozen since a snapshot job {} could not confirm its thaw \
+             (last: {}); a thaw guard keeps thawing it, and no new snapshot starts until the \
+             guest is confirmed thawed",
+            guard.domain_uuid, guard.job_id, guard.last_error
+        ),
+    );
+    err.guard = Some(Box::new(guard.clone()));
+    err
 }
 
 /// Snapshot every disk; stop at the first failure (the saga undoes the rest).
@@ -161,7 +194,7 @@ async fn snapshot_all(
         });
         let (image, name) = (Arc::clone(&disk.source), snap.to_string());
         let left = deadline.saturating_sub(started.elapsed());
-        match with_deadline(left, move || image.create_snapshot(&name)).await {
+        match blocking::ceph(left, move || image.create_snapshot(&name)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(SnapshotError::rbd(&e)),
             Err(Late::TimedOut(handle)) => {
@@ -176,77 +209,99 @@ async fn snapshot_all(
                 ));
             }
             Err(Late::Panicked(msg)) => return Err(SnapshotError::new(Kind::Ceph, msg)),
+            Err(Late::Saturated(msg)) => {
+                return Err(SnapshotError::new(Kind::CephUnavailable, msg))
+            }
         }
     }
     Ok(())
 }
 
-/// Thaw, and journal that the guest is thawed (a lost record only means a
-/// restart thaws once more, which is harmless). When the thaw answered.
+/// Thaw within the request's budget, and journal that the guest is
+/// thawed (a lost record only means a restart thaws once more, which is
+/// harmless). When the thaw answered; an error names the guard left on the
+/// domain when the thaw could not be confirmed in time.
 async fn thaw_noted(
     hv: &Arc<dyn Hypervisor>,
     uuid: &str,
     settings: &Settings,
     job: &Job<'_>,
-    confirm: bool,
+    freeze: FreezeOutcome,
 ) -> Result<Instant, SnapshotError> {
-    thaw(hv, uuid, settings, confirm).await?;
+    thaw(hv, uuid, settings, job, freeze).await?;
     let thawed = Instant::now();
-    if let Err(e) = job.record(&Step::Thawed) {
+    if let Err(e) = job.record(&Step::Thawed).await {
         tracing::warn!(error = %e, "guest thawed, but the journal could not record it");
     }
     Ok(thawed)
 }
 
-/// Thaw. When the freeze did not cleanly succeed (`confirm`), or the thaw
-/// call fails, a freeze may still land (the agent can be busy running its
-/// hook past our deadline): thaw again until the agent itself reports the
-/// guest thawed, for at most `settings.thaw_confirm`. An error here means
-/// the guest may still be frozen.
-pub async fn thaw(
+/// How the freeze call ended, for the thaw that follows it.
+pub(super) enum FreezeOutcome {
+    /// It answered: one successful thaw is enough.
+    Answered,
+    /// It failed or missed its deadline, and may still land (the agent can
+    /// be busy running its hook): thaw until the agent itself reports the
+    /// guest thawed. The freeze call, when still running.
+    Uncertain(Option<PendingFreeze>),
+}
+
+/// Thaw, retrying within the request's budget (the agent timeout plus a
+/// second). Not confirmed by then: a guard on the domain keeps thawing
+/// for as long as the domain runs, and the error names it.
+pub(super) async fn thaw(
     hv: &Arc<dyn Hypervisor>,
     uuid: &str,
     settings: &Settings,
-    confirm: bool,
+    job: &Job<'_>,
+    freeze: FreezeOutcome,
 ) -> Result<(), SnapshotError> {
-    let call = settings.agent_timeout + Duration::from_secs(1);
-    let until = Instant::now() + settings.thaw_confirm;
-    let mut last = String::new();
+    let budget = settings.agent_timeout + Duration::from_secs(1);
+    let until = Instant::now() + budget;
+    let (confirm, mut pending) = match freeze {
+        FreezeOutcome::Answered => (false, None),
+        FreezeOutcome::Uncertain(pending) => (true, pending),
+    };
+    let (mut in_flight, mut ask) = (None, confirm);
+    let mut last;
     loop {
-        let (hv1, id) = (Arc::clone(hv), uuid.to_string());
-        let thawed = match with_deadline(call, move || hv1.thaw(&id, &[])).await {
-            Ok(Ok(_)) if !confirm => return Ok(()),
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) => {
-                last = e.to_string();
-                false
-            }
-            Err(_) => {
-                last = format!("thaw did not answer within {} ms", call.as_millis());
-                false
-            }
-        };
-        let (hv2, id) = (Arc::clone(hv), uuid.to_string());
-        match with_deadline(call, move || hv2.freeze_status(&id)).await {
-            Ok(Ok(FreezeStatus::Thawed)) => return Ok(()),
-            Ok(Ok(FreezeStatus::Frozen)) => last = format!("the guest reports frozen ({last})"),
-            // a driver without a real agent: the thaw's own answer is all there is
-            Ok(Err(e)) if e.kind == LibvirtErrorKind::Unsupported && thawed => return Ok(()),
-            // busy finishing a late freeze, or restarting: ask again
-            Ok(Err(e)) => last = format!("{last}; status: {e}"),
-            Err(_) => last = format!("{last}; status did not answer"),
+        let left = until.saturating_duration_since(Instant::now());
+        let outcome = guard::attempt(hv, uuid, ask, left, &mut in_flight).await;
+        // after a failed thaw, only the agent's own word counts
+        ask = true;
+        if pending
+            .as_ref()
+            .is_some_and(tokio::task::JoinHandle::is_finished)
+        {
+            pending = None;
         }
-        if Instant::now() >= until {
-            return Err(SnapshotError::new(
-                Kind::ThawFailed,
-                format!(
-                    "the guest could not be confirmed thawed within {} s: {last}",
-                    settings.thaw_confirm.as_secs()
-                ),
-            ));
+        last = match outcome {
+            guard::Thaw::Gone => return Ok(()),
+            guard::Thaw::Confirmed if pending.is_none() => return Ok(()),
+            guard::Thaw::Confirmed => "a freeze call is still running".to_string(),
+            guard::Thaw::NotYet(why) => why,
+        };
+        if Instant::now() + Duration::from_millis(250) >= until {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let guard = job
+        .hooks()
+        .guards
+        .arm(uuid, job.id(), last.clone(), pending, in_flight)
+        .await;
+    let mut err = SnapshotError::new(
+        Kind::ThawFailed,
+        format!(
+            "the guest could not be confirmed thawed within {} ms ({last}); it may still be \
+             frozen: a thaw guard keeps thawing it for as long as the domain runs \
+             (daemon.status guests_at_risk), and the domain takes no new snapshot until then",
+            budget.as_millis()
+        ),
+    );
+    err.guard = Some(Box::new(guard));
+    Err(err)
 }
 
 /// The cause stays the error; a failed thaw is the more urgent news.

@@ -38,6 +38,8 @@ pub enum SnapshotErrorKind {
     FreezeTimeout,
     /// The guest could not be confirmed thawed.
     ThawFailed,
+    /// The domain cannot take a snapshot now (a thaw guard is on it).
+    Busy,
     /// libvirtd cannot be reached.
     LibvirtUnavailable,
     /// The Ceph cluster cannot be reached or timed out.
@@ -63,6 +65,9 @@ pub struct SnapshotError {
     pub message: String,
     /// Undo steps that failed while rolling back (empty: nothing left behind).
     pub rollback_failures: Vec<String>,
+    /// The thaw guard left on (or found on) the domain, when the guest may
+    /// still be frozen.
+    pub guard: Option<Box<super::GuardInfo>>,
 }
 
 impl SnapshotError {
@@ -72,6 +77,7 @@ impl SnapshotError {
             kind,
             message: message.into(),
             rollback_failures: Vec::new(),
+            guard: None,
         }
     }
 

@@ -122,7 +122,7 @@ fn spawn_flatten(
     let (store, dest) = (Arc::clone(store), dest.clone());
     let (sink, cancel) = (Arc::clone(&hooks.progress), Arc::clone(&hooks.cancel));
     let (stop, seen) = (Arc::clone(stalled), Arc::clone(last_progress));
-    tokio::task::spawn_blocking(move || {
+    let flatten = move || {
         let image = match image {
             Some(image) => image,
             None => store.open(&dest)?,
@@ -139,7 +139,18 @@ fn spawn_flatten(
             !cancel.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst)
         };
         image.flatten(&mut report)
-    })
+    };
+    match crate::owners::FLATTEN.spawn(flatten) {
+        Ok(handle) => handle,
+        Err(full) => tokio::spawn(async move {
+            Err(crate::rbd::RbdError::new(
+                "flatten",
+                "owner",
+                RbdErrorKind::Unavailable,
+                full,
+            ))
+        }),
+    }
 }
 
 /// Queue `dest`'s flatten with the Ceph manager; the task id.
@@ -149,9 +160,12 @@ pub async fn queue_task(
     settings: &Settings,
 ) -> Result<String, SnapshotError> {
     let (store, dest) = (Arc::clone(store), dest.clone());
-    super::blocking::store("mgr flatten", settings.call_deadline, move || {
-        store.add_flatten_task(&dest)
-    })
+    super::blocking::on_owner(
+        &crate::owners::MANAGER,
+        "mgr flatten",
+        settings.call_deadline,
+        move || store.add_flatten_task(&dest),
+    )
     .await
 }
 
@@ -175,15 +189,28 @@ pub async fn follow_task(
         if hooks.cancel.load(Ordering::SeqCst) && !cancel_sent {
             let (s, id) = (Arc::clone(store), task_id.to_string());
             // not waited for beyond the call deadline: the polls see its effect
-            let cancelling = tokio::task::spawn_blocking(move || s.cancel_flatten_task(&id));
-            if let Ok(Ok(Err(e))) = tokio::time::timeout(settings.call_deadline, cancelling).await {
+            let cancelling = crate::owners::MANAGER
+                .call(settings.call_deadline, move || s.cancel_flatten_task(&id))
+                .await;
+            if let Ok(Err(e)) = cancelling {
                 return Err(SnapshotError::rbd(&e));
             }
             cancel_sent = true;
         }
         let running = poll.get_or_insert_with(|| {
             let (s, id) = (Arc::clone(store), task_id.to_string());
-            tokio::task::spawn_blocking(move || s.flatten_task(&id))
+            crate::owners::MANAGER
+                .spawn(move || s.flatten_task(&id))
+                .unwrap_or_else(|full| {
+                    tokio::spawn(async move {
+                        Err(crate::rbd::RbdError::new(
+                            "task poll",
+                            "manager",
+                            RbdErrorKind::Unavailable,
+                            full,
+                        ))
+                    })
+                })
         });
         if let Ok(joined) = tokio::time::timeout(POLL_TASK, running).await {
             poll = None;

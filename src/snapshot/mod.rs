@@ -19,6 +19,7 @@ mod blocking;
 pub mod capture;
 mod error;
 pub mod flatten;
+pub mod guard;
 pub mod preflight;
 pub mod saga;
 mod slots;
@@ -32,6 +33,7 @@ mod fakes;
 mod tests;
 
 pub use error::{SnapshotError, SnapshotErrorKind};
+pub use guard::{GuardInfo, GuardLog, ThawGuards};
 pub use slots::{FlattenSlots, Slot};
 pub use steplog::{NoLog, Step, StepLog};
 pub use types::*;

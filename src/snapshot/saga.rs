@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::blocking::with_deadline;
+use super::blocking;
 use crate::rbd::{Image, ImageSpec, ImageStore, RbdError, RbdErrorKind};
 
 /// A call that missed its deadline and may still land: waited for before
@@ -136,7 +136,7 @@ impl Saga {
     where
         F: FnOnce() -> Result<(), RbdError> + Send + 'static,
     {
-        match with_deadline(self.deadline, f).await {
+        match blocking::ceph(self.deadline, f).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if e.kind == RbdErrorKind::NotFound => Ok(()),
             Ok(Err(e)) => Err(format!("{what}: {e}")),

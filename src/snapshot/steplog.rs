@@ -76,6 +76,12 @@ pub trait StepLog: Send + Sync + fmt::Debug {
     /// `flattened`…). Nothing is written; a test build may pause here to be
     /// killed at an exact place.
     fn checkpoint(&self, _job_id: &str, _name: &str) {}
+
+    /// Whether a test build pauses at step or checkpoint `name` (only then
+    /// is [`StepLog::checkpoint`] worth a call off the runtime).
+    fn pauses_at(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 /// No journal (unit tests, library use without crash safety).

@@ -19,7 +19,6 @@ fn settings() -> Settings {
         flatten_deadline: Duration::from_secs(5),
         flatten_stall: Duration::from_secs(5),
         clone_format: None,
-        thaw_confirm: Duration::from_secs(2),
     }
 }
 
@@ -252,17 +251,135 @@ async fn a_failing_thaw_is_retried_until_the_agent_confirms() {
         .await
         .expect("a later thaw works");
     assert!(!fake.frozen());
+}
 
+/// Guards that thaw through the fake.
+fn guards_for(fake: &Arc<Fake>) -> Arc<ThawGuards> {
+    let hv: Arc<dyn crate::libvirt::Hypervisor> = Arc::new(FakeHv(Arc::clone(fake)));
+    ThawGuards::new(
+        Arc::new(move || Some(Arc::clone(&hv))),
+        Arc::new(guard::NoGuardLog),
+        Duration::from_millis(100),
+    )
+}
+
+#[tokio::test]
+async fn a_thaw_not_confirmed_in_time_answers_and_leaves_a_guard_that_thaws_later() {
     let fake = Fake::standard();
-    fake.inject("thaw", Fault::Fail, 1000);
-    let err = go(&fake, &request(), &settings())
-        .await
-        .expect_err("still frozen");
+    // 14 failing thaws: about twice what the request's budget (1.5 s, one
+    // try every 250 ms) holds; the guard's backoff sees the rest
+    fake.inject("thaw", Fault::Fail, 14);
+    let guards = guards_for(&fake);
+    let s = settings();
+    let started = std::time::Instant::now();
+    let err = run(
+        Arc::new(FakeHv(Arc::clone(&fake))),
+        Arc::new(FakeStore(Arc::clone(&fake))),
+        &s,
+        &request(),
+        "job1",
+        JobHooks {
+            guards: Arc::clone(&guards),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("thaw not confirmed");
+    let took = started.elapsed();
     assert_eq!(err.kind, SnapshotErrorKind::ThawFailed, "{err}");
-    assert!(
-        err.message.contains("could not be confirmed thawed"),
-        "{err}"
+    let guard = err.guard.clone().expect("the error names the guard");
+    assert_eq!(guard.domain_uuid, UUID);
+    assert_eq!(guard.job_id, "job1");
+    // freeze deadline + agent timeout + 1 s, and some slack for the machine
+    let bound = s.freeze_deadline + s.agent_timeout + Duration::from_secs(2);
+    assert!(took < bound, "answered after {took:?}");
+    assert!(fake.frozen(), "still frozen when answered");
+    assert_eq!(guards.list().len(), 1);
+    // the guard keeps thawing until the faults run out
+    tokio::time::timeout(Duration::from_secs(60), guards.wait_cleared(UUID))
+        .await
+        .expect("the guard thawed the guest");
+    assert!(!fake.frozen());
+    assert!(guards.list().is_empty());
+}
+
+#[tokio::test]
+async fn a_guarded_domain_takes_no_snapshot() {
+    let fake = Fake::standard();
+    fake.inject("thaw", Fault::Fail, 1_000_000);
+    let guards = guards_for(&fake);
+    let hooks = JobHooks {
+        guards: Arc::clone(&guards),
+        ..Default::default()
+    };
+    let hv = Arc::new(FakeHv(Arc::clone(&fake)));
+    let store = Arc::new(FakeStore(Arc::clone(&fake)));
+    let (s, req) = (settings(), request());
+    let first = run(hv.clone(), store.clone(), &s, &req, "job1", hooks.clone()).await;
+    assert_eq!(
+        first.expect_err("frozen").kind,
+        SnapshotErrorKind::ThawFailed
     );
+    let second = run(hv, store, &s, &req, "job2", hooks)
+        .await
+        .expect_err("refused");
+    assert_eq!(second.kind, SnapshotErrorKind::Busy, "{second}");
+    assert_eq!(second.guard.expect("named").job_id, "job1");
+}
+
+/// A step log whose every write takes 300 ms (a slow disk's fsync).
+#[derive(Debug)]
+struct SlowLog;
+
+impl StepLog for SlowLog {
+    fn record(&self, _job_id: &str, _step: &Step) -> Result<(), String> {
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_one_worker_runtime_stays_responsive_while_backends_and_the_journal_hang() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let fake = Fake::standard();
+        // a freeze that hangs past its deadline, a thaw that hangs, a slow journal
+        fake.inject("freeze", Fault::Slow(Duration::from_millis(800)), 1);
+        fake.inject("thaw", Fault::Slow(Duration::from_millis(700)), 1);
+        let ticker = tokio::spawn(async {
+            let mut worst = Duration::ZERO;
+            let mut last = std::time::Instant::now();
+            for _ in 0..60 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                worst = worst.max(last.elapsed());
+                last = std::time::Instant::now();
+            }
+            worst
+        });
+        let hooks = JobHooks {
+            guards: guards_for(&fake),
+            log: Arc::new(SlowLog),
+            ..Default::default()
+        };
+        let _ = run(
+            Arc::new(FakeHv(Arc::clone(&fake))),
+            Arc::new(FakeStore(Arc::clone(&fake))),
+            &settings(),
+            &request(),
+            "job1",
+            hooks,
+        )
+        .await;
+        let worst = ticker.await.expect("ticker");
+        // a 20 ms tick never waits for a blocking call (each takes >= 300 ms)
+        assert!(
+            worst < Duration::from_millis(150),
+            "the worker was held {worst:?}"
+        );
+    });
 }
 
 #[tokio::test]

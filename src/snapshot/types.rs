@@ -84,9 +84,6 @@ pub struct Settings {
     pub flatten_stall: Duration,
     /// Clone format to use; `None` picks the newest the cluster allows.
     pub clone_format: Option<CloneFormat>,
-    /// After a freeze that failed or timed out (it may still land), how long
-    /// to keep thawing until the agent confirms the guest is thawed.
-    pub thaw_confirm: Duration,
 }
 
 impl Default for Settings {
@@ -99,7 +96,6 @@ impl Default for Settings {
             flatten_deadline: Duration::from_secs(3600),
             flatten_stall: Duration::from_secs(60),
             clone_format: None,
-            thaw_confirm: Duration::from_secs(60),
         }
     }
 }
@@ -173,6 +169,8 @@ pub struct JobHooks {
     pub log: Arc<dyn super::StepLog>,
     /// The host-wide flatten slots this job's flattens queue for.
     pub slots: Arc<super::FlattenSlots>,
+    /// The thaw guards: where a freeze not confirmed undone is handed.
+    pub guards: Arc<super::ThawGuards>,
 }
 
 impl Default for JobHooks {
@@ -182,6 +180,7 @@ impl Default for JobHooks {
             cancel: CancelFlag::default(),
             log: Arc::new(super::NoLog),
             slots: super::FlattenSlots::new(0),
+            guards: super::ThawGuards::inert(),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::blocking::{self, with_deadline, Late};
+use super::blocking::{self, Late};
 use super::capture::{self, Captured};
 use super::flatten;
 use super::preflight::{self, Plan, PlannedDisk};
@@ -65,7 +65,8 @@ pub async fn run(
         sources: plan.disks.iter().map(|d| d.source.spec().clone()).collect(),
         dests: plan.disks.iter().map(|d| d.dest.clone()).collect(),
         temp_snap: format!("{TEMP_SNAPSHOT_PREFIX}{job_id}"),
-    })?;
+    })
+    .await?;
     let mut saga = Saga::new(Arc::clone(&job.store), settings.call_deadline);
     match job.execute(&plan, &mut saga, started, preflight_ms).await {
         Ok(result) => Ok(result),
@@ -81,22 +82,53 @@ pub async fn run(
 }
 
 impl Job<'_> {
-    /// Journal `step` before acting on it; no journal, no action.
-    pub(super) fn record(&self, step: &Step) -> Result<(), SnapshotError> {
-        self.hooks.log.record(self.job_id, step).map_err(|e| {
-            SnapshotError::new(
-                Kind::Journal,
-                format!(
-                    "cannot journal the {} step, so not taking it: {e}",
-                    step.name()
-                ),
-            )
-        })
+    /// Journal `step` before acting on it; no journal, no action. The
+    /// write and its fsync run on the journal's owner, off the runtime.
+    pub(super) async fn record(&self, step: &Step) -> Result<(), SnapshotError> {
+        let (log, job_id, owned) = (
+            Arc::clone(&self.hooks.log),
+            self.job_id.to_string(),
+            step.clone(),
+        );
+        blocking::journal(move || log.record(&job_id, &owned))
+            .await
+            .map_err(|e| {
+                SnapshotError::new(
+                    Kind::Journal,
+                    format!(
+                        "cannot journal the {} step, so not taking it: {e}",
+                        step.name()
+                    ),
+                )
+            })
     }
 
-    /// A named point between steps, where a test build may pause.
-    pub(super) fn checkpoint(&self, name: &str) {
-        self.hooks.log.checkpoint(self.job_id, name);
+    /// A named point between steps, where a test build may pause (off the
+    /// runtime: the pause blocks its thread).
+    pub(super) async fn checkpoint(&self, name: &str) {
+        if !self.hooks.log.pauses_at(name) {
+            return;
+        }
+        let (log, job_id, name) = (
+            Arc::clone(&self.hooks.log),
+            self.job_id.to_string(),
+            name.to_string(),
+        );
+        let _ = blocking::journal(move || {
+            log.checkpoint(&job_id, &name);
+            Ok(())
+        })
+        .await;
+    }
+
+    /// The job's hooks.
+    pub(super) fn hooks(&self) -> &JobHooks {
+        &self.hooks
+    }
+
+    /// The job's id.
+    pub(super) fn id(&self) -> &str {
+        self.job_id
     }
 
     fn check_cancelled(&self) -> Result<(), SnapshotError> {
@@ -139,12 +171,13 @@ impl Job<'_> {
         for (i, disk) in plan.disks.iter().enumerate() {
             self.record(&Step::Clone {
                 dest: disk.dest.clone(),
-            })?;
+            })
+            .await?;
             opened.push(
                 self.clone_disk(plan.clone_format, disk, &temp, saga)
                     .await?,
             );
-            self.checkpoint("cloned");
+            self.checkpoint("cloned").await;
             self.report(Phase::Clone, i as u64 + 1, plan.disks.len() as u64);
         }
         let clone_ms = ms(clone_started);
@@ -161,7 +194,7 @@ impl Job<'_> {
                         stopped.error
                     })?;
             }
-            self.checkpoint("flattened");
+            self.checkpoint("flattened").await;
         }
         let flatten_ms = ms(flatten_started);
         self.check_cancelled()?;
@@ -173,7 +206,8 @@ impl Job<'_> {
             self.finish_disk(disk, image, &temp, keeps_parent).await?;
             self.record(&Step::Finished {
                 dest: disk.dest.clone(),
-            })?;
+            })
+            .await?;
         }
         let mut tasks = Vec::new();
         if self.req.flatten == FlattenMode::Cluster {
@@ -220,7 +254,7 @@ impl Job<'_> {
         let source = format!("{parent}@{snap} disk {}", disk.target);
         // mark the clone as this job's at once: recovery removes only images
         // that provably are
-        let outcome = with_deadline(deadline, move || {
+        let outcome = blocking::ceph(deadline, move || {
             store.clone_image(&parent, &snap, &child, format)?;
             let image = store.open(&child)?;
             image.set_metadata(METADATA_JOB, &job_id)?;

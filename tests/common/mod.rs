@@ -271,7 +271,6 @@ pub mod engine {
             flatten_deadline: Duration::from_secs(600),
             flatten_stall: Duration::from_secs(60),
             clone_format: None,
-            thaw_confirm: Duration::from_secs(60),
         }
     }
 

@@ -1,0 +1,356 @@
+//! The thaw guard: a freeze that is not confirmed undone outlives the
+//! request that made it. A guest agent busy in a slow freeze hook, an agent
+//! that stopped answering, libvirtd stopped: the request answers within its
+//! bound, and a guard on the domain keeps thawing, with backoff, for as long
+//! as the domain runs — journalled, so a restarted daemon goes on with it.
+//!
+//! A guard is cleared only when the agent itself reports the guest thawed
+//! and no freeze call of ours is still running (a late freeze can land after
+//! any thaw that came before it). While a domain has a guard, it gets no
+//! new snapshot.
+//!
+//! Each attempt is one blocking call (thaw, then ask the agent) on the
+//! libvirt owner's reserved thaw lane; an attempt that misses its deadline
+//! is waited for by the next one instead of piling up another thread.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use super::blocking;
+use crate::libvirt::{FreezeStatus, Hypervisor, LibvirtError, LibvirtErrorKind};
+
+/// First wait between two attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// Longest wait between two attempts: a late freeze is thawed at most this
+/// long (plus one agent round trip) after it lands.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Failed attempts between two warnings in the log (the first always warns).
+const WARN_EVERY: u64 = 10;
+
+/// Where the guards find the hypervisor (libvirt may be down, or reconnect).
+pub type HypervisorSource = Arc<dyn Fn() -> Option<Arc<dyn Hypervisor>> + Send + Sync>;
+
+/// Where guards are journalled, so that the next start resumes them.
+pub trait GuardLog: Send + Sync + std::fmt::Debug {
+    /// A guard was armed (make it durable).
+    fn armed(&self, guard: &GuardInfo) -> Result<(), String>;
+    /// A guard was cleared: the guest is confirmed thawed, or gone.
+    fn cleared(&self, guard: &GuardInfo) -> Result<(), String>;
+}
+
+/// No journal (unit tests, library use).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoGuardLog;
+
+impl GuardLog for NoGuardLog {
+    fn armed(&self, _guard: &GuardInfo) -> Result<(), String> {
+        Ok(())
+    }
+    fn cleared(&self, _guard: &GuardInfo) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A guest at risk: maybe frozen, thaw not confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuardInfo {
+    /// The domain.
+    pub domain_uuid: String,
+    /// The job whose freeze is not confirmed undone.
+    pub job_id: String,
+    /// Unix seconds of the freeze attempt.
+    pub since_unix: u64,
+    /// Thaw attempts the guard made.
+    pub attempts: u64,
+    /// Why the guest is not confirmed thawed yet.
+    pub last_error: String,
+}
+
+/// One blocking thaw attempt: the thaw's answer and, when asked, the
+/// agent's view after it.
+type Attempt = (
+    Result<u32, LibvirtError>,
+    Option<Result<FreezeStatus, LibvirtError>>,
+);
+
+/// A thaw attempt still running past its deadline, handed on to whoever
+/// tries next.
+pub type InFlight = JoinHandle<Attempt>;
+
+/// A freeze call of ours still running past its deadline.
+pub type PendingFreeze = JoinHandle<()>;
+
+/// How one attempt ended.
+#[derive(Debug)]
+pub enum Thaw {
+    /// The agent reports thawed (or, without an agent to ask, the thaw
+    /// answered).
+    Confirmed,
+    /// The domain is gone or stopped: nothing is frozen any more.
+    Gone,
+    /// Not confirmed; why.
+    NotYet(String),
+}
+
+/// Thaw `uuid` once and, with `ask`, ask the agent whether it is thawed
+/// (without, a thaw that answers counts as confirmed); wait at most
+/// `deadline`. A call still running is continued from `in_flight` rather
+/// than started again.
+pub async fn attempt(
+    hv: &Arc<dyn Hypervisor>,
+    uuid: &str,
+    ask: bool,
+    deadline: Duration,
+    in_flight: &mut Option<InFlight>,
+) -> Thaw {
+    let mut handle = match in_flight.take() {
+        Some(handle) => handle,
+        None => {
+            let (hv, id) = (Arc::clone(hv), uuid.to_string());
+            let call = move || {
+                let thawed = hv.thaw(&id, &[]);
+                let status = ask.then(|| hv.freeze_status(&id));
+                (thawed, status)
+            };
+            match blocking::spawn_thaw(call) {
+                Ok(handle) => handle,
+                Err(full) => return Thaw::NotYet(full),
+            }
+        }
+    };
+    match tokio::time::timeout(deadline, &mut handle).await {
+        Ok(Ok(answer)) => judge(answer),
+        Ok(Err(join)) => Thaw::NotYet(format!("thaw task failed: {join}")),
+        Err(_) => {
+            *in_flight = Some(handle);
+            Thaw::NotYet(format!(
+                "the thaw did not answer within {} ms (libvirtd or the agent is stuck)",
+                deadline.as_millis()
+            ))
+        }
+    }
+}
+
+fn gone(e: &LibvirtError) -> bool {
+    matches!(
+        e.kind,
+        LibvirtErrorKind::DomainNotFound | LibvirtErrorKind::NotRunning
+    )
+}
+
+fn judge((thawed, status): Attempt) -> Thaw {
+    let Some(status) = status else {
+        return match thawed {
+            Ok(_) => Thaw::Confirmed,
+            Err(e) if gone(&e) => Thaw::Gone,
+            Err(e) => Thaw::NotYet(format!("thaw: {e}")),
+        };
+    };
+    match (&thawed, status) {
+        (Err(e), _) if gone(e) => Thaw::Gone,
+        (_, Ok(FreezeStatus::Thawed)) => Thaw::Confirmed,
+        // a driver without a real agent: the thaw's own answer is all there is
+        (Ok(_), Err(e)) if e.kind == LibvirtErrorKind::Unsupported => Thaw::Confirmed,
+        (_, Err(e)) if gone(&e) => Thaw::Gone,
+        (Ok(_), Ok(FreezeStatus::Frozen)) => {
+            Thaw::NotYet("the agent still reports the guest frozen".into())
+        }
+        (Err(t), Ok(FreezeStatus::Frozen)) => {
+            Thaw::NotYet(format!("the guest reports frozen; thaw: {t}"))
+        }
+        (Ok(_), Err(s)) => Thaw::NotYet(format!("thawed, but the agent's status failed: {s}")),
+        (Err(t), Err(s)) => Thaw::NotYet(format!("thaw: {t}; status: {s}")),
+    }
+}
+
+/// Every guard of the daemon, one per domain.
+pub struct ThawGuards {
+    hypervisor: HypervisorSource,
+    log: Arc<dyn GuardLog>,
+    /// Deadline of one attempt (thaw and status: two agent round trips).
+    attempt_deadline: Duration,
+    guards: Mutex<HashMap<String, GuardInfo>>,
+    /// Woken when a guard is cleared.
+    cleared: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for ThawGuards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThawGuards")
+            .field("guards", &self.list())
+            .finish()
+    }
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl ThawGuards {
+    /// Guards that thaw through `hypervisor`, each attempt bounded by
+    /// twice `agent_timeout` plus a second, journalled to `log`.
+    pub fn new(
+        hypervisor: HypervisorSource,
+        log: Arc<dyn GuardLog>,
+        agent_timeout: Duration,
+    ) -> Arc<ThawGuards> {
+        Arc::new(ThawGuards {
+            hypervisor,
+            log,
+            attempt_deadline: agent_timeout * 2 + Duration::from_secs(1),
+            guards: Mutex::new(HashMap::new()),
+            cleared: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// No guards can thaw anything (library use without a daemon).
+    pub fn inert() -> Arc<ThawGuards> {
+        ThawGuards::new(Arc::new(|| None), Arc::new(NoGuardLog), Duration::ZERO)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, GuardInfo>> {
+        self.guards.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The guard on `uuid`, if any.
+    pub fn get(&self, uuid: &str) -> Option<GuardInfo> {
+        self.lock().get(uuid).cloned()
+    }
+
+    /// Every guard, oldest first.
+    pub fn list(&self) -> Vec<GuardInfo> {
+        let mut all: Vec<GuardInfo> = self.lock().values().cloned().collect();
+        all.sort_by(|a, b| (a.since_unix, &a.domain_uuid).cmp(&(b.since_unix, &b.domain_uuid)));
+        all
+    }
+
+    /// Arm a guard on `uuid` (journalled first) and start thawing in the
+    /// background; `pending` is a freeze call still running, `in_flight` a
+    /// thaw attempt still running. A domain already guarded keeps its guard.
+    pub async fn arm(
+        self: &Arc<Self>,
+        uuid: &str,
+        job_id: &str,
+        why: String,
+        pending: Option<PendingFreeze>,
+        in_flight: Option<InFlight>,
+    ) -> GuardInfo {
+        let info = GuardInfo {
+            domain_uuid: uuid.to_string(),
+            job_id: job_id.to_string(),
+            since_unix: unix_now(),
+            attempts: 0,
+            last_error: why,
+        };
+        if let Some(existing) = self.get(uuid) {
+            return existing;
+        }
+        let log = Arc::clone(&self.log);
+        let durable = info.clone();
+        match blocking::journal(move || log.armed(&durable)).await {
+            Ok(()) => {}
+            Err(e) => tracing::error!(domain_uuid = uuid, error = %e,
+                "could not journal the thaw guard: a restart now would not resume it"),
+        }
+        self.resume(info.clone(), pending, in_flight);
+        info
+    }
+
+    /// Start (or, at start-up, resume from the journal) the thawing of a
+    /// guard without journalling it again.
+    pub fn resume(
+        self: &Arc<Self>,
+        info: GuardInfo,
+        pending: Option<PendingFreeze>,
+        in_flight: Option<InFlight>,
+    ) {
+        {
+            let mut guards = self.lock();
+            if guards.contains_key(&info.domain_uuid) {
+                return;
+            }
+            guards.insert(info.domain_uuid.clone(), info.clone());
+        }
+        tracing::warn!(domain_uuid = %info.domain_uuid, job_id = %info.job_id, reason = %info.last_error,
+            "guest at risk: its thaw is not confirmed; a guard keeps thawing it");
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.keep_thawing(info, pending, in_flight).await });
+    }
+
+    /// Thaw with backoff until confirmed (and no freeze of ours pending),
+    /// or the domain is gone.
+    async fn keep_thawing(
+        self: Arc<Self>,
+        info: GuardInfo,
+        mut pending: Option<PendingFreeze>,
+        mut in_flight: Option<InFlight>,
+    ) {
+        let uuid = info.domain_uuid.clone();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let outcome = match (self.hypervisor)() {
+                Some(hv) => attempt(&hv, &uuid, true, self.attempt_deadline, &mut in_flight).await,
+                None => Thaw::NotYet("libvirt is not connected".into()),
+            };
+            if pending.as_ref().is_some_and(JoinHandle::is_finished) {
+                pending = None;
+            }
+            let why = match outcome {
+                Thaw::Gone => break,
+                Thaw::Confirmed if pending.is_none() => break,
+                Thaw::Confirmed => "thawed, but a freeze call of ours is still running".into(),
+                Thaw::NotYet(why) => why,
+            };
+            self.note_failure(&uuid, why);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        self.clear(&uuid).await;
+    }
+
+    fn note_failure(&self, uuid: &str, why: String) {
+        let mut guards = self.lock();
+        let Some(guard) = guards.get_mut(uuid) else {
+            return;
+        };
+        guard.attempts += 1;
+        if guard.attempts % WARN_EVERY == 1 {
+            tracing::warn!(domain_uuid = uuid, job_id = %guard.job_id, attempts = guard.attempts,
+                reason = %why, "guest at risk: thaw not confirmed yet, retrying");
+        }
+        guard.last_error = why;
+    }
+
+    async fn clear(&self, uuid: &str) {
+        let Some(info) = self.lock().remove(uuid) else {
+            return;
+        };
+        let log = Arc::clone(&self.log);
+        let durable = info.clone();
+        if let Err(e) = blocking::journal(move || log.cleared(&durable)).await {
+            tracing::warn!(domain_uuid = uuid, error = %e,
+                "could not journal the end of a thaw guard: the next start thaws once more");
+        }
+        tracing::info!(domain_uuid = uuid, job_id = %info.job_id, attempts = info.attempts,
+            "guest confirmed thawed: guard cleared");
+        self.cleared.notify_waiters();
+    }
+
+    /// Wait until `uuid` has no guard (tests, and a job waiting to start).
+    pub async fn wait_cleared(&self, uuid: &str) {
+        loop {
+            let cleared = self.cleared.notified();
+            if self.get(uuid).is_none() {
+                return;
+            }
+            cleared.await;
+        }
+    }
+}
