@@ -308,9 +308,13 @@ pub(super) async fn thaw(
 fn with_thaw_outcome(cause: SnapshotError, thawed: Result<(), SnapshotError>) -> SnapshotError {
     match thawed {
         Ok(()) => cause,
-        Err(thaw_err) => SnapshotError::new(
-            Kind::ThawFailed,
-            format!("{}; after: {}", thaw_err.message, cause.message),
-        ),
+        Err(thaw_err) => {
+            let mut err = SnapshotError::new(
+                Kind::ThawFailed,
+                format!("{}; after: {}", thaw_err.message, cause.message),
+            );
+            err.guard = thaw_err.guard;
+            err
+        }
     }
 }

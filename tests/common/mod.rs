@@ -10,6 +10,7 @@
 
 pub mod daemon;
 pub mod extra;
+pub mod hang;
 
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
