@@ -234,9 +234,9 @@ impl Default for CephConfig {
             conf: PathBuf::from("/etc/ceph/ceph.conf"),
             client_id: "admin".into(),
             concurrent_management_ops: 10,
-            mon_op_timeout_secs: 30.0,
+            mon_op_timeout_secs: 10.0,
             osd_op_timeout_secs: 30.0,
-            mount_timeout_secs: 30.0,
+            mount_timeout_secs: 10.0,
         }
     }
 }
