@@ -107,25 +107,33 @@ fn a_hook_that_hangs_past_the_deadline_is_thawed_when_its_freeze_lands() {
         json!({"domain": guest.name, "image": image, "quiesce": "required"}),
     );
     let took = started.elapsed();
-    // asked the moment the answer came: the late freeze was already undone
-    let status = freeze_status(&guest);
-    hook(&guest, "freeze-delay", "");
+    // the freeze lands at about 5 s, the request's thaw budget ends at
+    // 2 + 2 + 1 s: either it saw the thaw confirmed, or a guard did after
     let kind = answer.kind().to_string();
     // libvirt reports an agent command that timed out as unresponsive (86)
     assert!(
-        ["freeze_timeout", "freeze_failed", "agent_unavailable"].contains(&kind.as_str()),
+        [
+            "freeze_timeout",
+            "freeze_failed",
+            "agent_unavailable",
+            "thaw_failed"
+        ]
+        .contains(&kind.as_str()),
         "answer: {:?}",
         answer.0
     );
-    assert_eq!(
-        status,
-        json!("thawed"),
-        "the late freeze was thawed before the daemon answered"
-    );
     assert!(
-        took >= Duration::from_secs(4),
-        "the daemon waited for the late freeze ({took:?})"
+        took < Duration::from_secs(8),
+        "answered within freeze deadline + agent timeout + a few seconds ({took:?})"
     );
+    let until = Instant::now() + Duration::from_secs(30);
+    while d.status()["guests_at_risk"] != json!([]) {
+        assert!(Instant::now() < until, "the guard never cleared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = freeze_status(&guest);
+    hook(&guest, "freeze-delay", "");
+    assert_eq!(status, json!("thawed"), "the late freeze was undone");
     no_traces(&bed, &guest, &image, "hung hook");
     let log = guest.read_file("/run/fsfreeze-hook.log");
     let log = String::from_utf8_lossy(&log);

@@ -208,6 +208,27 @@ impl Jobs {
         Ok(started)
     }
 
+    /// A job a previous run left unfinished, registered at start (before
+    /// READY) while recovery works on it: `jobs.get` finds it, a retry of
+    /// its request_id joins it, and its domain is busy until it ends.
+    pub fn recovering(&self, new: NewJob) {
+        let mut record = JobRecord::new(new, JobState::Running);
+        record.phase = Phase::Rollback;
+        let mut inner = self.lock();
+        inner.busy_domains.insert(record.domain_uuid.clone());
+        inner.jobs.insert(record.job_id.clone(), record);
+    }
+
+    /// Put `record` in place of a job registered as recovering, keeping
+    /// the answer channel that retries joined.
+    fn replace(inner: &mut Inner, mut record: JobRecord) {
+        if let Some(old) = inner.jobs.remove(&record.job_id) {
+            record.answered = old.answered;
+            inner.busy_domains.remove(&old.domain_uuid);
+        }
+        inner.jobs.insert(record.job_id.clone(), record);
+    }
+
     /// A job that answered before its end (the flatten goes on after the
     /// location was given): registered as running, with its result, and
     /// holding no domain (the guest is done with). For recovery.
@@ -215,9 +236,16 @@ impl Jobs {
         let mut record = JobRecord::new(new, JobState::Running);
         record.recovery = recovery;
         record.result = Some(result.clone());
-        let _ = record.answered.send(Some(Ok(result)));
-        let cancel = record.cancel.clone();
-        self.lock().jobs.insert(record.job_id.clone(), record);
+        let (cancel, job_id) = (record.cancel.clone(), record.job_id.clone());
+        let answered = {
+            let mut inner = self.lock();
+            Self::replace(&mut inner, record);
+            inner.jobs.get(&job_id).map(|j| Arc::clone(&j.answered))
+        };
+        if let Some(answered) = answered {
+            let _ = answered.send(Some(Ok(result)));
+        }
+        self.ended.notify_waiters();
         cancel
     }
 
@@ -279,7 +307,7 @@ impl Jobs {
             None => outcome,
         };
         let mut inner = self.lock();
-        inner.jobs.insert(job_id.clone(), record);
+        Self::replace(&mut inner, record);
         drop(inner);
         self.finish(&job_id, &outcome);
     }

@@ -47,7 +47,7 @@ pub struct Daemon {
     /// The crash journal (also the single-instance lock).
     pub journal: Arc<Journal>,
     /// Jobs a previous run left unfinished that could not be recovered yet.
-    pub recovery: recover::Recovery,
+    pub recovery: crate::recovery::Recovery,
     /// The host-wide flatten slots.
     pub slots: Arc<FlattenSlots>,
     /// Guests whose thaw is not confirmed, each with a guard thawing it.
@@ -71,7 +71,7 @@ impl Daemon {
         );
         Arc::new(Daemon {
             journal,
-            recovery: recover::Recovery::default(),
+            recovery: crate::recovery::Recovery::default(),
             slots: FlattenSlots::new(config.snapshot.max_concurrent_flattens),
             settings,
             guards,

@@ -45,10 +45,12 @@ pub(super) fn daemon_status(daemon: &Daemon) -> Result<Value, RpcError> {
     let ceph = daemon.backends.ceph_status();
     let fsid = daemon.backends.store().ok().and_then(|s| s.fsid().ok());
     let (running, queued) = daemon.slots.usage();
+    let at_risk = daemon.guards.list();
+    let stuck = crate::owners::all().iter().any(|o| o.status().degraded);
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": daemon.uptime_secs(),
-        "degraded": !(libvirt.connected && ceph.connected),
+        "degraded": !(libvirt.connected && ceph.connected && at_risk.is_empty()) || stuck,
         "shutting_down": daemon.is_shutting_down(),
         "libvirt": { "uri": daemon.backends.libvirt_uri(), "connected": libvirt.connected, "error": libvirt.error },
         "ceph": {
@@ -57,7 +59,7 @@ pub(super) fn daemon_status(daemon: &Daemon) -> Result<Value, RpcError> {
         "jobs_in_flight": daemon.jobs.running(),
         "flattens": { "limit": daemon.slots.limit(), "running": running, "queued": queued },
         "recovery": daemon.recovery.status(),
-        "guests_at_risk": to_value(&daemon.guards.list())?,
+        "guests_at_risk": to_value(&at_risk)?,
         "blocking_calls": blocking_calls(),
         "counters": to_value(&daemon.stats.counters())?,
         "freeze_window_ms": to_value(&daemon.stats.freeze_windows())?,

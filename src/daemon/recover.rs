@@ -1,13 +1,15 @@
-//! Running start-up recovery inside the daemon: the journal's finished jobs
-//! become known jobs again (so `request_id` retries and `jobs.get` work
-//! across restarts), unfinished ones are recovered now — guests thawed
-//! first — and what needs a backend that is down is retried every few
-//! seconds until it succeeds, visible in `daemon.status`.
+//! Recovery's glue inside the daemon (the planning and executing are
+//! [`crate::recovery`]'s): the journal's finished jobs become known jobs
+//! again (so `request_id` retries and `jobs.get` work across restarts),
+//! guests that may be frozen get thaw guards, unfinished jobs are recovered
+//! and journalled as ended (or their flatten resumed), and what needs a
+//! backend that is down is retried every few seconds, visible in
+//! `daemon.status`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use tracing::Instrument;
 
@@ -15,69 +17,18 @@ use super::background::{self, AfterAnswer};
 use super::jobs::{now_unix, NewJob};
 use super::Daemon;
 use crate::journal::{Outcome, Record};
-use crate::recovery::{self, Orphan, Recovered, Trail};
+use crate::recovery::{self, Recovered, Trail};
 use crate::snapshot::JobHooks;
 
 /// How often pending recovery is retried.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// Each recovery pass over the pending jobs gets this long before its
-/// Ceph calls are abandoned (and retried in the next pass).
-const PASS_DEADLINE: Duration = Duration::from_secs(120);
+/// Each recovery action (one Ceph call) gets this long before it is
+/// abandoned and the job retried in the next pass.
+const ACTION_DEADLINE: Duration = Duration::from_secs(60);
 
-/// A job waiting for recovery, and why it waits.
-#[derive(Debug, Clone)]
-struct PendingJob {
-    trail: Trail,
-    reason: String,
-}
-
-/// What recovery has to do and has done.
-#[derive(Debug, Default)]
-struct RecoveryState {
-    /// Jobs not recovered yet.
-    pending: Vec<PendingJob>,
-    /// Jobs recovered since start.
-    recovered: usize,
-}
-
-/// Recovery's state, for `daemon.status`.
-#[derive(Debug, Default)]
-pub struct Recovery {
-    inner: Mutex<RecoveryState>,
-    /// What the start-up sweep found.
-    orphans: Mutex<Vec<Orphan>>,
-    /// Set while a pass runs: passes never overlap, so a stuck cluster
-    /// holds one pass's calls, not one more every retry.
-    running: std::sync::atomic::AtomicBool,
-}
-
-impl Recovery {
-    /// `{pending: [{job_id, domain_uuid, reason}], recovered: N}`.
-    pub fn status(&self) -> Value {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let pending: Vec<Value> = inner
-            .pending
-            .iter()
-            .map(|p| json!({"job_id": p.trail.job_id, "domain_uuid": p.trail.domain_uuid, "reason": p.reason}))
-            .collect();
-        let orphans = self
-            .orphans
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        json!({"pending": pending, "recovered": inner.recovered, "orphans": orphans})
-    }
-
-    /// Jobs still waiting.
-    pub fn pending(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pending
-            .len()
-    }
-}
+/// The sweep's deadline.
+const SWEEP_DEADLINE: Duration = Duration::from_secs(120);
 
 fn new_job(job_id: &str, request_id: Option<String>, params: &Value, domain_uuid: &str) -> NewJob {
     let field = |k: &str| {
@@ -127,9 +78,19 @@ impl Daemon {
         }
     }
 
-    /// Arm a thaw guard for every trail that may have left its guest
-    /// frozen (the guard thaws, whatever Ceph does).
+    /// Register every unfinished job as recovering (so `jobs.get` finds it
+    /// and a retry of its request joins it), and arm a thaw guard for every
+    /// one that may have left its guest frozen (the guard thaws, whatever
+    /// Ceph does).
     pub async fn guard_trails(self: &Arc<Self>, trails: &[Trail]) {
+        for trail in trails {
+            self.jobs.recovering(new_job(
+                &trail.job_id,
+                trail.request_id.clone(),
+                &trail.params,
+                &trail.domain_uuid,
+            ));
+        }
         for trail in trails.iter().filter(|t| t.maybe_frozen()) {
             let why = "the daemon stopped while the guest may have been frozen".to_string();
             self.guards
@@ -138,63 +99,31 @@ impl Daemon {
         }
     }
 
-    /// Try to recover the Ceph side of each trail now, within one pass
-    /// deadline; what cannot be done yet waits in the pending list for
+    /// Try to recover the Ceph side of each trail now, each action within
+    /// its deadline; what cannot be done yet waits in the pending list for
     /// [`Daemon::keep_recovering`]. Returns how many wait.
     pub async fn recover(self: &Arc<Self>, trails: Vec<Trail>) -> usize {
-        use std::sync::atomic::Ordering;
-        if self.recovery.running.swap(true, Ordering::SeqCst) {
+        if !self.recovery.begin_pass() {
             return self.recovery.pending();
         }
-        self.guard_trails(&trails).await;
         for trail in trails {
             let store = self.backends.store().ok();
-            let job = trail.clone();
-            let outcome = crate::owners::CEPH
-                .call(PASS_DEADLINE, move || {
-                    recovery::recover(&job, store.as_ref())
-                })
-                .await
-                .unwrap_or_else(|late| {
-                    Recovered::Pending(match late {
-                        crate::owners::Late::TimedOut(_) => format!(
-                            "the rollback did not finish within {} s (Ceph stalled); retried",
-                            PASS_DEADLINE.as_secs()
-                        ),
-                        crate::owners::Late::Saturated(msg) => msg,
-                        crate::owners::Late::Panicked(msg) => format!("recovery panicked: {msg}"),
-                    })
-                });
+            let outcome = recovery::recover(&trail, store, ACTION_DEADLINE).await;
             self.settle(trail, outcome).await;
         }
-        self.recovery.running.store(false, Ordering::SeqCst);
+        self.recovery.end_pass();
         self.recovery.pending()
     }
 
     /// Record what recovering one trail did.
     async fn settle(self: &Arc<Self>, trail: Trail, outcome: Recovered) {
-        {
-            let mut inner = self
-                .recovery
-                .inner
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            inner.pending.retain(|p| p.trail.job_id != trail.job_id);
-            match &outcome {
-                Recovered::Pending(reason) => {
-                    tracing::warn!(job_id = %trail.job_id, reason = %reason, "recovery pending");
-                    inner.pending.push(PendingJob {
-                        trail,
-                        reason: reason.clone(),
-                    });
-                    return;
-                }
-                Recovered::Resume { .. } => inner.recovered += 1,
-                Recovered::Ended(..) => {}
-            }
-        }
         match outcome {
+            Recovered::Pending(reason) => {
+                tracing::warn!(job_id = %trail.job_id, reason = %reason, "recovery pending");
+                self.recovery.wait(trail, reason);
+            }
             Recovered::Ended(outcome, actions) => {
+                self.recovery.done(&trail.job_id, false);
                 self.end_recovered(&trail, outcome, actions).await;
             }
             Recovered::Resume {
@@ -202,18 +131,20 @@ impl Daemon {
                 actions,
                 mode,
                 dests,
-            } => self.resume_flatten(
-                &trail,
-                result,
-                actions,
-                AfterAnswer {
-                    mode,
-                    dests,
-                    tasks: Vec::new(),
-                    resumed: true,
-                },
-            ),
-            Recovered::Pending(_) => {}
+            } => {
+                self.recovery.done(&trail.job_id, true);
+                self.resume_flatten(
+                    &trail,
+                    result,
+                    actions,
+                    AfterAnswer {
+                        mode,
+                        dests,
+                        tasks: Vec::new(),
+                        resumed: true,
+                    },
+                );
+            }
         }
     }
 
@@ -264,17 +195,9 @@ impl Daemon {
     /// journal records become a recovery trail, retried until Ceph is back.
     pub fn hand_to_recovery(&self, job_id: &str, why: String) {
         let (trails, _) = recovery::split(self.journal.live_records(job_id));
-        let mut inner = self
-            .recovery
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
         for trail in trails {
             tracing::warn!(job_id, reason = %why, "rollback incomplete: recovery will finish it");
-            inner.pending.push(PendingJob {
-                trail,
-                reason: why.clone(),
-            });
+            self.recovery.wait(trail, why.clone());
         }
     }
 
@@ -305,11 +228,7 @@ impl Daemon {
         }
         self.jobs
             .load_ended(new, outcome_of(outcome), now_unix(), actions);
-        self.recovery
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .recovered += 1;
+        self.recovery.done(&trail.job_id, true);
     }
 
     /// Look for temporary snapshots no journal knows, per `sweep_orphans`.
@@ -322,22 +241,16 @@ impl Daemon {
             tracing::warn!("orphan sweep skipped: libvirt or Ceph is down");
             return;
         };
-        let known: std::collections::HashSet<String> = {
-            let inner = self
-                .recovery
-                .inner
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            inner
-                .pending
-                .iter()
-                .map(|p| p.trail.job_id.clone())
-                .chain(self.jobs.list().into_iter().map(|j| j.job_id))
-                .collect()
-        };
+        let known: std::collections::HashSet<String> = self
+            .recovery
+            .pending_trails()
+            .into_iter()
+            .map(|t| t.job_id)
+            .chain(self.jobs.list().into_iter().map(|j| j.job_id))
+            .collect();
         let remove = policy == "remove";
         let found = crate::owners::CEPH
-            .call(PASS_DEADLINE, move || {
+            .call(SWEEP_DEADLINE, move || {
                 recovery::sweep(hv.as_ref(), store.as_ref(), &known, remove)
             })
             .await;
@@ -346,11 +259,7 @@ impl Daemon {
                 for orphan in &orphans {
                     tracing::warn!(image = %orphan.image, snapshot = %orphan.snapshot, action = %orphan.action, "temporary snapshot no journal knows");
                 }
-                *self
-                    .recovery
-                    .orphans
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = orphans;
+                self.recovery.set_orphans(orphans);
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "orphan sweep failed"),
             Err(_) => tracing::warn!("orphan sweep did not finish in time, or Ceph is saturated"),
@@ -364,14 +273,7 @@ impl Daemon {
                 _ = tokio::time::sleep(RETRY) => {}
                 _ = stopped.changed() => return,
             }
-            let trails: Vec<Trail> = {
-                let inner = self
-                    .recovery
-                    .inner
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                inner.pending.iter().map(|p| p.trail.clone()).collect()
-            };
+            let trails = self.recovery.pending_trails();
             if trails.is_empty() {
                 continue;
             }

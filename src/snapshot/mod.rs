@@ -27,8 +27,12 @@ mod steplog;
 mod types;
 pub mod workflow;
 
-#[cfg(test)]
-mod fakes;
+/// In-memory fakes of the hypervisor and the image store, with failures
+/// injectable at every call: for unit tests of this layer and the layers
+/// above it (recovery, the daemon), and, with the `fakes` feature, for
+/// other crates' tests.
+#[cfg(any(test, feature = "fakes"))]
+pub mod fakes;
 #[cfg(test)]
 mod tests;
 
