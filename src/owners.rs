@@ -64,6 +64,23 @@ pub struct OwnerStatus {
     pub degraded: bool,
 }
 
+thread_local! {
+    /// Set on the threads that run owned calls: there, blocking is the point.
+    static OWNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread may block: an owner's call runs on it, or no async
+/// runtime is around. Drop impls that must block (closing an image) ask.
+pub fn may_block() -> bool {
+    OWNED.with(std::cell::Cell::get) || tokio::runtime::Handle::try_current().is_err()
+}
+
+/// Run `call` marked as an owned call.
+fn owned<T>(call: impl FnOnce() -> T) -> T {
+    OWNED.with(|owned| owned.set(true));
+    call()
+}
+
 /// Running: the waiter still waits; Abandoned: the waiter gave up; Done.
 const RUNNING: u8 = 0;
 const ABANDONED: u8 = 1;
@@ -124,7 +141,7 @@ impl Owner {
         };
         let mut handle = tokio::task::spawn_blocking(move || {
             let _ticket = ticket;
-            call()
+            owned(call)
         });
         let left = deadline.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, &mut handle).await {
@@ -160,7 +177,7 @@ impl Owner {
         };
         Ok(tokio::task::spawn_blocking(move || {
             let _ticket = ticket;
-            call()
+            owned(call)
         }))
     }
 

@@ -41,15 +41,17 @@ impl fmt::Debug for RbdImage {
 
 impl Drop for RbdImage {
     /// `rbd_close` waits for the image's in-flight ops and releases its
-    /// exclusive lock through the OSDs: it blocks, so inside the daemon's
-    /// runtime it runs on the Ceph owner's threads, not on a worker.
+    /// exclusive lock through the OSDs: it blocks. On an owner's thread (or
+    /// without a runtime) it closes here and now — a removal that follows
+    /// must find the image closed; on an async worker it is handed to the
+    /// Ceph owner.
     fn drop(&mut self) {
         let closer = Closer {
             handle: self.handle,
             spec: self.spec.clone(),
             _pool: Arc::clone(&self.pool),
         };
-        if tokio::runtime::Handle::try_current().is_err() {
+        if crate::owners::may_block() {
             return drop(closer);
         }
         // a dropped task drops its closure, and so still closes the image
