@@ -134,6 +134,10 @@ pub struct Journal {
     inner: Mutex<Inner>,
     /// Held for the daemon's life: the single-instance lock.
     _lock: nix::fcntl::Flock<File>,
+    /// Unit tests: make the next append write half its record, then fail
+    /// as a full disk does.
+    #[cfg(test)]
+    pub(crate) fail_next_write: std::sync::atomic::AtomicBool,
     /// Builds with the `test-hooks` feature: the step or checkpoint to
     /// pause at (RBDSNAPD_TEST_PAUSE_AT). Always `None` in other builds.
     pause_at: Option<String>,
@@ -188,6 +192,8 @@ impl Journal {
             path,
             inner: Mutex::new(inner),
             _lock: lock,
+            #[cfg(test)]
+            fail_next_write: std::sync::atomic::AtomicBool::new(false),
             pause_at,
         };
         Ok((journal, records))
@@ -201,9 +207,7 @@ impl Journal {
         if let Some(why) = &inner.broken {
             return Err(JournalError::Broken(why.clone()));
         }
-        let written = inner
-            .file
-            .write_all(line.as_bytes())
+        let written = write_line(&mut inner.file, &line, self.short_write_next())
             .map_err(io_err("write", &self.path))
             .and_then(|()| inner.file.sync_data().map_err(io_err("fsync", &self.path)));
         if let Err(e) = written {
@@ -237,6 +241,17 @@ impl Journal {
     pub async fn compact_async(self: &Arc<Self>) -> Result<(), String> {
         let me = Arc::clone(self);
         run_owned(move || me.compact().map_err(|e| e.to_string())).await
+    }
+
+    /// Unit tests: whether the next append should fail half-way.
+    fn short_write_next(&self) -> bool {
+        #[cfg(test)]
+        {
+            self.fail_next_write
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+        }
+        #[cfg(not(test))]
+        false
     }
 
     /// A failed append (ENOSPC, EIO) may have left part of its record:
@@ -441,6 +456,16 @@ fn read(path: &Path) -> Result<(Vec<Record>, u64), JournalError> {
             }
         }
     }
+}
+
+/// Write one record's line; `short` (unit tests) writes half of it and
+/// fails with ENOSPC, as a full disk can.
+fn write_line(file: &mut File, line: &str, short: bool) -> std::io::Result<()> {
+    if short {
+        file.write_all(&line.as_bytes()[..line.len() / 2])?;
+        return Err(std::io::Error::from_raw_os_error(nix::libc::ENOSPC));
+    }
+    file.write_all(line.as_bytes())
 }
 
 /// Run a journal write on its owner: no deadline to abandon it at (a write

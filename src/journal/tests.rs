@@ -177,3 +177,22 @@ fn thaw_guards_outlive_their_job_and_compaction_until_cleared() {
     assert_eq!(active[0].job_id, "a");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_short_write_is_cut_back_so_the_next_start_reads_the_journal() {
+    let dir = tempdir("short-write");
+    {
+        let (journal, _) = Journal::open(&dir).expect("open");
+        journal.append(&step("a")).expect("append");
+        journal
+            .fail_next_write
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = journal.append(&step("lost")).expect_err("disk full");
+        assert!(err.to_string().contains("No space left"), "{err}");
+        journal.append(&step("b")).expect("appending goes on");
+    }
+    let (_journal, records) = Journal::open(&dir).expect("no fragment refuses the start");
+    let jobs: Vec<&str> = records.iter().map(Record::job_id).collect();
+    assert_eq!(jobs, ["a", "b"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,7 +1,10 @@
-"""Command line of dev/testbed: `up`, `down`, `leftovers`, `restart-libvirtd`;
-timings, the env file."""
+"""Command line of dev/testbed: `up`, `down`, `leftovers`, `restart-libvirtd`,
+`pause`/`resume` (SIGSTOP/SIGCONT of a bed daemon, to make a hang); timings,
+the env file."""
 import argparse
+import json
 import os
+import signal
 import shutil
 import sys
 import time
@@ -41,7 +44,31 @@ def parse(argv):
                            help="stop the bed's libvirtd and start it again (guests keep running)")
     again.add_argument("--down-secs", type=float, default=0.0,
                        help="how long libvirtd stays down (default 0)")
+    for name, what in (("pause", "SIGSTOP"), ("resume", "SIGCONT")):
+        hang = sub.add_parser(name, help=f"{what} a daemon of the bed in DIR (a hang, not a crash)")
+        hang.add_argument("--dir", required=True)
+        hang.add_argument("daemon", help="mon, osd.0, mgr or libvirtd")
     return p.parse_args(argv)
+
+
+def bed_pid(root, daemon):
+    """The pid of a daemon the bed in ROOT started (libvirtd: the shared one)."""
+    if daemon == "libvirtd":
+        with open(libvirtd.REGISTRY) as f:
+            pid = json.load(f).get("started", {}).get("libvirtd")
+    else:
+        with open(os.path.join(root, "state.json")) as f:
+            pid = json.load(f).get("cluster", {}).get("pids", {}).get(daemon)
+    if not pid or not procs.alive(pid):
+        raise BedError(f"no running {daemon} of the bed in {root}")
+    return pid
+
+
+def cmd_signal(root, daemon, sig):
+    pid = bed_pid(os.path.abspath(root), daemon)
+    os.kill(pid, sig)
+    print(f"testbed: {daemon} (pid {pid}) {signal.Signals(sig).name}", file=sys.stderr)
+    return 0
 
 
 def main(argv):
@@ -51,6 +78,9 @@ def main(argv):
             return cmd_up(args)
         if args.cmd == "leftovers":
             return cmd_leftovers(args.dir)
+        if args.cmd in ("pause", "resume"):
+            sig = signal.SIGSTOP if args.cmd == "pause" else signal.SIGCONT
+            return cmd_signal(args.dir, args.daemon, sig)
         if args.cmd == "restart-libvirtd":
             start = time.monotonic()
             libvirtd.restart(args.down_secs)
