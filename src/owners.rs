@@ -216,6 +216,21 @@ pub static MANAGER: LazyLock<Owner> = LazyLock::new(|| Owner::new("manager", 4, 
 /// Journal appends, fsyncs and compaction.
 pub static JOURNAL: LazyLock<Owner> = LazyLock::new(|| Owner::new("journal", 4, 1));
 
+/// Run a journal write on the journal's owner. No deadline to abandon it
+/// at (a write not known durable must not be acted upon), but never on an
+/// async worker: a full disk or a slow device holds a blocking thread.
+pub async fn journal_write<F>(call: F) -> Result<(), String>
+where
+    F: FnOnce() -> Result<(), String> + Send + 'static,
+{
+    match JOURNAL.call(Duration::from_secs(3600), call).await {
+        Ok(outcome) => outcome,
+        Err(Late::Saturated(msg)) => Err(msg),
+        Err(Late::TimedOut(_)) => Err("the journal write hangs".into()),
+        Err(Late::Panicked(msg)) => Err(format!("journal write panicked: {msg}")),
+    }
+}
+
 /// Every owner, for `daemon.status`.
 pub fn all() -> [&'static Owner; 6] {
     [&LIBVIRT, &THAW, &CEPH, &FLATTEN, &MANAGER, &JOURNAL]

@@ -133,12 +133,12 @@ async fn thaw_before_ready(
         .into_iter()
         .map(|g| g.domain_uuid)
         .collect();
-    let first_attempts = futures_all(
-        at_risk
-            .iter()
-            .map(|uuid| daemon.guards.wait_cleared(uuid))
-            .collect(),
-    );
+    // the guards thaw in parallel, in their own tasks; this only waits
+    let first_attempts = async {
+        for uuid in &at_risk {
+            daemon.guards.wait_cleared(uuid).await;
+        }
+    };
     let bound = daemon.settings.agent_timeout * 2 + Duration::from_secs(1);
     if tokio::time::timeout(bound, first_attempts).await.is_err() {
         tracing::warn!(
@@ -147,14 +147,6 @@ async fn thaw_before_ready(
         );
     }
     trails
-}
-
-/// Wait for every future (the guards' first thaws run in their own tasks;
-/// this only waits for them to be cleared).
-async fn futures_all<F: std::future::Future<Output = ()>>(waits: Vec<F>) {
-    for wait in waits {
-        wait.await;
-    }
 }
 
 /// After READY=1: roll back (or keep) the Ceph side of unfinished jobs,

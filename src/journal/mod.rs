@@ -228,19 +228,19 @@ impl Journal {
     /// [`Journal::append`] on the journal's owner, off the async runtime.
     pub async fn append_async(self: &Arc<Self>, record: Record) -> Result<(), String> {
         let me = Arc::clone(self);
-        run_owned(move || me.append(&record).map_err(|e| e.to_string())).await
+        crate::owners::journal_write(move || me.append(&record).map_err(|e| e.to_string())).await
     }
 
     /// A step of a job, journalled off the async runtime.
     pub async fn record_async(self: &Arc<Self>, job_id: &str, step: Step) -> Result<(), String> {
         let (me, job_id) = (Arc::clone(self), job_id.to_string());
-        run_owned(move || StepLog::record(me.as_ref(), &job_id, &step)).await
+        crate::owners::journal_write(move || StepLog::record(me.as_ref(), &job_id, &step)).await
     }
 
     /// [`Journal::compact`] off the async runtime.
     pub async fn compact_async(self: &Arc<Self>) -> Result<(), String> {
         let me = Arc::clone(self);
-        run_owned(move || me.compact().map_err(|e| e.to_string())).await
+        crate::owners::journal_write(move || me.compact().map_err(|e| e.to_string())).await
     }
 
     /// Unit tests: whether the next append should fail half-way.
@@ -466,23 +466,6 @@ fn write_line(file: &mut File, line: &str, short: bool) -> std::io::Result<()> {
         return Err(std::io::Error::from_raw_os_error(nix::libc::ENOSPC));
     }
     file.write_all(line.as_bytes())
-}
-
-/// Run a journal write on its owner: no deadline to abandon it at (a write
-/// not known durable must not be acted upon), but never on a worker thread.
-async fn run_owned<F>(call: F) -> Result<(), String>
-where
-    F: FnOnce() -> Result<(), String> + Send + 'static,
-{
-    match crate::owners::JOURNAL
-        .call(std::time::Duration::from_secs(3600), call)
-        .await
-    {
-        Ok(outcome) => outcome,
-        Err(crate::owners::Late::Saturated(msg)) => Err(msg),
-        Err(crate::owners::Late::TimedOut(_)) => Err("the journal write hangs".into()),
-        Err(crate::owners::Late::Panicked(msg)) => Err(format!("journal write panicked: {msg}")),
-    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {

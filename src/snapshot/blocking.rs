@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 pub use crate::owners::Late;
-use crate::owners::{Owner, CEPH, JOURNAL, LIBVIRT, THAW};
+use crate::owners::{Owner, CEPH, LIBVIRT, THAW};
 
 use super::{SnapshotError, SnapshotErrorKind};
 use crate::libvirt::LibvirtError;
@@ -42,27 +42,8 @@ where
     THAW.spawn(call)
 }
 
-/// Write to the journal off the async runtime (appends wait for their
-/// fsync; a full disk or a slow device must not hold a worker thread).
-pub async fn journal<F>(call: F) -> Result<(), String>
-where
-    F: FnOnce() -> Result<(), String> + Send + 'static,
-{
-    // a journal write has no deadline worth abandoning it at: a write that
-    // is not known durable must not be acted upon
-    match JOURNAL.call(Duration::from_secs(3600), call).await {
-        Ok(outcome) => outcome,
-        Err(late) => Err(describe(JOURNAL.name(), &late)),
-    }
-}
-
-fn describe<T>(what: &str, late: &Late<T>) -> String {
-    match late {
-        Late::TimedOut(_) => format!("{what} did not answer in time"),
-        Late::Panicked(msg) => format!("{what} panicked: {msg}"),
-        Late::Saturated(msg) => msg.clone(),
-    }
-}
+/// Write to the journal off the async runtime.
+pub use crate::owners::journal_write as journal;
 
 /// A hypervisor call with a deadline, errors mapped for the workflow.
 pub async fn hv<T, F>(what: &str, deadline: Duration, call: F) -> Result<T, SnapshotError>
