@@ -298,8 +298,16 @@ fn libvirtd_stopped_while_frozen_for_20_and_90_s_is_thawed_on_its_return() {
 
 #[test]
 fn the_mon_then_an_osd_stopped_inside_the_window_fail_the_job_clearly_and_leave_nothing() {
-    for backend in ["mon", "osd.0"] {
-        let Some((answer, _)) = stopped_inside_the_window(backend, Duration::from_secs(15)) else {
+    // the OSD for 10 s: at 15 s it trips its own op-thread timeout
+    // (osd_op_thread_timeout) and what follows is the OSD's health, not a
+    // hang; once in five runs QEMU's librbd then stayed stuck for minutes
+    let only = std::env::var("RBDSNAPD_HANG_ONLY").ok();
+    for (backend, secs) in [("mon", 15), ("osd.0", 10)] {
+        if only.as_deref().is_some_and(|o| o != backend) {
+            continue;
+        }
+        let Some((answer, _)) = stopped_inside_the_window(backend, Duration::from_secs(secs))
+        else {
             return;
         };
         assert!(!answer.is_ok(), "{backend}: {:?}", answer.0);
