@@ -78,6 +78,7 @@ pub(super) async fn snapshot_create(
         log: daemon.step_log(),
         slots: Arc::clone(&daemon.slots),
         guards: Arc::clone(&daemon.guards),
+        late: Arc::clone(&daemon.late),
     };
     // the job answers through `answered`; with a background flatten it
     // goes on after that, in its own task

@@ -52,6 +52,8 @@ pub struct Daemon {
     pub slots: Arc<FlattenSlots>,
     /// Guests whose thaw is not confirmed, each with a guard thawing it.
     pub guards: Arc<ThawGuards>,
+    /// Jobs' calls abandoned in Ceph that recovery must wait for.
+    pub late: Arc<crate::snapshot::saga::LateCalls>,
     started: Instant,
     shutting_down: AtomicBool,
 }
@@ -75,6 +77,7 @@ impl Daemon {
             slots: FlattenSlots::new(config.snapshot.max_concurrent_flattens),
             settings,
             guards,
+            late: Arc::default(),
             backends,
             config,
             jobs: Jobs::default(),

@@ -107,6 +107,12 @@ impl Daemon {
             return self.recovery.pending();
         }
         for trail in trails {
+            if self.late.running(&trail.job_id) {
+                let why = "a call of this job abandoned at its deadline still runs in Ceph: \
+                           waiting for it to end before undoing what it makes";
+                self.settle(trail, Recovered::Pending(why.into())).await;
+                continue;
+            }
             let store = self.backends.store().ok();
             let outcome = recovery::recover(&trail, store, ACTION_DEADLINE).await;
             self.settle(trail, outcome).await;
@@ -182,6 +188,7 @@ impl Daemon {
             log: self.step_log(),
             slots: Arc::clone(&self.slots),
             guards: Arc::clone(&self.guards),
+            late: Arc::clone(&self.late),
         };
         let daemon = Arc::clone(self);
         let span = tracing::info_span!("job", job_id = %trail.job_id);

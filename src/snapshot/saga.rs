@@ -43,15 +43,53 @@ pub struct Saga {
     /// Deadline of each undo call (and of waiting for a late call).
     deadline: Duration,
     steps: Vec<Undo>,
+    /// The job, and where its late calls go when the rollback cannot wait
+    /// for them: recovery waits for them before it removes anything.
+    job_id: String,
+    late: Arc<LateCalls>,
+}
+
+/// The longest a rollback waits for a late call before it leaves the undo
+/// to recovery (which waits for the call as long as it runs): the answer
+/// is not held by a stalled cluster.
+const LATE_WAIT: Duration = Duration::from_secs(3);
+
+/// Calls abandoned at their deadline that may still create something in
+/// Ceph, by job: recovery must not conclude a job while one of them runs,
+/// or what it makes when it lands would be left behind.
+#[derive(Debug, Default)]
+pub struct LateCalls(std::sync::Mutex<Vec<(String, Pending)>>);
+
+impl LateCalls {
+    fn add(&self, job_id: &str, call: Pending) {
+        let mut calls = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        calls.retain(|(_, c)| !c.is_finished());
+        calls.push((job_id.to_string(), call));
+    }
+
+    /// Whether a late call of `job_id` still runs.
+    pub fn running(&self, job_id: &str) -> bool {
+        let mut calls = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        calls.retain(|(_, c)| !c.is_finished());
+        calls.iter().any(|(id, _)| id == job_id)
+    }
 }
 
 impl Saga {
-    /// An empty log for a job against `store`.
-    pub fn new(store: Arc<dyn ImageStore>, deadline: Duration) -> Self {
+    /// An empty log for job `job_id` against `store`; late calls the
+    /// rollback cannot wait for go to `late`.
+    pub fn new(
+        store: Arc<dyn ImageStore>,
+        deadline: Duration,
+        job_id: &str,
+        late: Arc<LateCalls>,
+    ) -> Self {
         Saga {
             store,
             deadline,
             steps: Vec::new(),
+            job_id: job_id.to_string(),
+            late,
         }
     }
 
@@ -109,13 +147,13 @@ impl Saga {
                 pending,
             } => {
                 let what = format!("remove snapshot {}@{snap}", image.spec());
-                self.wait_for(pending).await;
+                self.wait_for(&what, pending).await?;
                 self.call(&what, move || image.remove_snapshot(&snap, true))
                     .await
             }
             Undo::CreatedImage { spec, pending } => {
                 let what = format!("remove image {spec}");
-                self.wait_for(pending).await;
+                self.wait_for(&what, pending).await?;
                 let store = Arc::clone(&self.store);
                 self.call(&what, move || {
                     remove_image_and_snapshots(store.as_ref(), &spec)
@@ -125,11 +163,23 @@ impl Saga {
         }
     }
 
-    /// Let a late call land (or fail) before undoing what it may have made.
-    async fn wait_for(&self, pending: Option<Pending>) {
-        if let Some(handle) = pending {
-            let _ = tokio::time::timeout(self.deadline, handle).await;
+    /// Let a late call land (or fail) before undoing what it may have
+    /// made. Still running after a short wait: the undo is left to
+    /// recovery, which waits for the call (it is registered in `late`).
+    async fn wait_for(&self, what: &str, pending: Option<Pending>) -> Result<(), String> {
+        let Some(mut handle) = pending else {
+            return Ok(());
+        };
+        let wait = self.deadline.min(LATE_WAIT);
+        if tokio::time::timeout(wait, &mut handle).await.is_ok() {
+            return Ok(());
         }
+        self.late.add(&self.job_id, handle);
+        Err(format!(
+            "{what}: the call it undoes is still running in Ceph after {} ms; recovery \
+             undoes it once that call ends",
+            wait.as_millis()
+        ))
     }
 
     async fn call<F>(&self, what: &str, f: F) -> Result<(), String>

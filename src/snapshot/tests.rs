@@ -679,3 +679,47 @@ async fn a_job_cancelled_before_it_starts_touches_nothing() {
     assert!(fake.log().iter().all(|l| l != "freeze"));
     assert_untouched(&fake, "early cancel");
 }
+
+#[tokio::test]
+async fn a_late_snapshot_the_rollback_cannot_wait_for_is_left_to_recovery_and_tracked() {
+    let fake = Fake::standard();
+    // lands 4 s after it was asked: past the freeze deadline and the
+    // rollback's wait (the call deadline here, 2 s)
+    fake.inject("snap_create", Fault::Slow(Duration::from_secs(4)), 1);
+    let late = Arc::new(saga::LateCalls::default());
+    let started = std::time::Instant::now();
+    let err = run(
+        Arc::new(FakeHv(Arc::clone(&fake))),
+        Arc::new(FakeStore(Arc::clone(&fake))),
+        &settings(),
+        &request(),
+        "job1",
+        JobHooks {
+            late: Arc::clone(&late),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("late snapshot");
+    assert_eq!(err.kind, SnapshotErrorKind::FreezeTimeout, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered before the call landed"
+    );
+    assert!(
+        err.rollback_failures
+            .iter()
+            .any(|f| f.contains("still running")),
+        "{err}"
+    );
+    assert!(late.running("job1"), "tracked for recovery");
+    assert!(!fake.frozen(), "thawed all the same");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while late.running("job1") {
+        assert!(
+            std::time::Instant::now() < until,
+            "the late call never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -171,6 +171,9 @@ pub struct JobHooks {
     pub slots: Arc<super::FlattenSlots>,
     /// The thaw guards: where a freeze not confirmed undone is handed.
     pub guards: Arc<super::ThawGuards>,
+    /// Calls abandoned at their deadline that the rollback could not wait
+    /// for: recovery waits for them.
+    pub late: Arc<super::saga::LateCalls>,
 }
 
 impl Default for JobHooks {
@@ -181,6 +184,7 @@ impl Default for JobHooks {
             log: Arc::new(super::NoLog),
             slots: super::FlattenSlots::new(0),
             guards: super::ThawGuards::inert(),
+            late: Arc::default(),
         }
     }
 }

@@ -67,7 +67,12 @@ pub async fn run(
         temp_snap: format!("{TEMP_SNAPSHOT_PREFIX}{job_id}"),
     })
     .await?;
-    let mut saga = Saga::new(Arc::clone(&job.store), settings.call_deadline);
+    let mut saga = Saga::new(
+        Arc::clone(&job.store),
+        settings.call_deadline,
+        job_id,
+        Arc::clone(&job.hooks.late),
+    );
     match job.execute(&plan, &mut saga, started, preflight_ms).await {
         Ok(result) => Ok(result),
         Err(mut err) => {
