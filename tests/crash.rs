@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::{self, DaemonProc, TempDir};
 use nix::sys::signal::Signal;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Every named point a job passes, in order.
 const POINTS: &[&str] = &[
@@ -38,16 +38,6 @@ fn start(bed: &daemon::Bed, uri: &str, state: &Path, point: Option<&str>) -> Dae
     launch.start()
 }
 
-fn wait_for_file(path: &Path, daemon: &DaemonProc) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while !path.exists() {
-        if Instant::now() > until {
-            daemon.fail(&format!("never paused: {} did not appear", path.display()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// One crash: start paused at `point`, request, wait for the pause, check
 /// `while_paused`, SIGKILL, restart, check the aftermath, retry.
 fn crash_at(
@@ -68,7 +58,7 @@ fn crash_at(
     let mut conn = first.connect();
     let id = conn.fresh_id();
     conn.send_request(&id, "snapshot.create", params.clone());
-    wait_for_file(&state.path().join(format!("paused-at-{point}")), &first);
+    first.wait_paused(&state.path().join(format!("paused-at-{point}")));
     while_paused();
     first.signal(Signal::SIGKILL);
     assert!(
@@ -160,10 +150,6 @@ fn sigkill_at_every_step_leaves_nothing_and_the_retry_makes_one_image() {
     }
 }
 
-fn freeze_status(guest: &common::Guest) -> Value {
-    guest.agent(json!({"execute": "guest-fsfreeze-status"}))
-}
-
 #[test]
 fn a_guest_frozen_when_the_daemon_dies_is_thawed_by_the_next_start() {
     let (Some(bed), Some(guest)) = (daemon::bed(), common::guest()) else {
@@ -172,14 +158,14 @@ fn a_guest_frozen_when_the_daemon_dies_is_thawed_by_the_next_start() {
     for point in ["frozen", "snapshotted"] {
         let check = || {
             assert_eq!(
-                freeze_status(&guest),
+                guest.freeze_status(),
                 json!("frozen"),
                 "{point}: the guest is frozen while paused"
             )
         };
         crash_at(&bed, &guest.uri, &guest.name, &guest.image, point, check);
         assert_eq!(
-            freeze_status(&guest),
+            guest.freeze_status(),
             json!("thawed"),
             "{point}: thawed after the restart"
         );

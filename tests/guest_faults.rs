@@ -20,14 +20,6 @@ fn start(bed: &daemon::Bed, guest: &common::Guest) -> DaemonProc {
     bed.launch().libvirt_uri(&guest.uri).extra(extra).start()
 }
 
-fn hook(guest: &common::Guest, control: &str, value: &str) {
-    guest.write_file(&format!("/etc/rbdsnapd-test/{control}"), value.as_bytes());
-}
-
-fn freeze_status(guest: &common::Guest) -> serde_json::Value {
-    guest.agent(json!({"execute": "guest-fsfreeze-status"}))
-}
-
 fn no_traces(bed: &daemon::Bed, guest: &common::Guest, image: &str, what: &str) {
     assert!(
         !bed.ceph.exists(&format!("images/{image}")),
@@ -47,7 +39,7 @@ fn a_failing_freeze_hook_fails_required_degrades_preferred_and_leaves_the_guest_
     };
     let _one = GUEST.lock().unwrap_or_else(|p| p.into_inner());
     let d = start(&bed, &guest);
-    hook(&guest, "freeze-fail", "1");
+    guest.hook("freeze-fail", "1");
     let image = common::unique("hookfail");
     let required = d.connect().call(
         "snapshot.create",
@@ -58,8 +50,8 @@ fn a_failing_freeze_hook_fails_required_degrades_preferred_and_leaves_the_guest_
         "snapshot.create",
         json!({"domain": guest.name, "image": preferred_image, "quiesce": "preferred"}),
     );
-    hook(&guest, "freeze-fail", "");
-    let status = freeze_status(&guest);
+    guest.hook("freeze-fail", "");
+    let status = guest.freeze_status();
     let preferred_exists = bed.ceph.exists(&format!("images/{preferred_image}"));
     common::engine::remove(
         &common::engine::store(&bed.ceph),
@@ -99,7 +91,7 @@ fn a_hook_that_hangs_past_the_deadline_is_thawed_when_its_freeze_lands() {
     let _one = GUEST.lock().unwrap_or_else(|p| p.into_inner());
     let d = start(&bed, &guest);
     // the hook sleeps 5 s, then qemu-ga freezes: long after the 2 s deadline
-    hook(&guest, "freeze-delay", "5");
+    guest.hook("freeze-delay", "5");
     let image = common::unique("hookhang");
     let started = Instant::now();
     let answer = d.connect().call(
@@ -131,8 +123,8 @@ fn a_hook_that_hangs_past_the_deadline_is_thawed_when_its_freeze_lands() {
         assert!(Instant::now() < until, "the guard never cleared");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let status = freeze_status(&guest);
-    hook(&guest, "freeze-delay", "");
+    let status = guest.freeze_status();
+    guest.hook("freeze-delay", "");
     assert_eq!(status, json!("thawed"), "the late freeze was undone");
     no_traces(&bed, &guest, &image, "hung hook");
     let log = guest.read_file("/run/fsfreeze-hook.log");
@@ -157,7 +149,7 @@ fn an_agent_killed_while_the_guest_is_frozen_is_waited_for_and_the_guest_thawed(
     // qemu-ga cannot run anything while the guest is frozen: arm the killer
     // now. SIGKILL leaves no chance to thaw on the way out; the guest's init
     // starts the agent again 4 s later.
-    hook(&guest, "agent-pause", "4");
+    guest.hook("agent-pause", "4");
     let (_conn, dom) = guest.domain();
     let killer = r#"{"execute":"guest-exec","arguments":{"path":"/bin/sh","arg":["-c","sleep 4; killall -9 qemu-ga"]}}"#;
     dom.qemu_agent_command(killer, 10, 0).expect("guest-exec");
@@ -181,7 +173,7 @@ fn an_agent_killed_while_the_guest_is_frozen_is_waited_for_and_the_guest_thawed(
     let answer = conn.wait_for(&id);
     let took = died.elapsed();
     // asked the moment the answer came: the daemon thawed before answering
-    let status = freeze_status(&guest);
+    let status = guest.freeze_status();
     assert_eq!(status, json!("thawed"), "answer: {:?}", answer.0);
     assert!(answer.is_ok(), "{:?}", answer.0);
     assert_eq!(

@@ -75,16 +75,8 @@ fn settle(guest: &common::Guest) {
         std::thread::sleep(Duration::from_millis(500));
     }
     for control in ["freeze-delay", "thaw-delay", "freeze-fail", "thaw-fail"] {
-        hook(guest, control, "");
+        guest.hook(control, "");
     }
-}
-
-fn hook(guest: &common::Guest, control: &str, value: &str) {
-    guest.write_file(&format!("/etc/rbdsnapd-test/{control}"), value.as_bytes());
-}
-
-fn freeze_status(guest: &common::Guest) -> Value {
-    guest.agent(json!({"execute": "guest-fsfreeze-status"}))
 }
 
 fn at_risk(d: &DaemonProc) -> Vec<Value> {
@@ -108,16 +100,6 @@ fn wait_unguarded(d: &DaemonProc, within: Duration) -> Instant {
             ));
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn wait_for_file(path: &Path, d: &DaemonProc) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while !path.exists() {
-        if Instant::now() > until {
-            d.fail(&format!("never paused: {} did not appear", path.display()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -153,7 +135,7 @@ fn a_hook_slower_than_any_confirmation_is_thawed_by_its_guard_across_a_sigkill()
     let state = TempDir::new("rbdsnapd-hang-state");
     let (first, _n1, sock) = start(&bed, &guest, state.path(), None, true);
     let prober = Prober::start(first.socket.clone(), sock);
-    hook(&guest, "freeze-delay", &HOOK_SECS.to_string());
+    guest.hook("freeze-delay", &HOOK_SECS.to_string());
     let image = common::unique("slowhook");
     let sent = Instant::now();
     let answer = first.connect().call(
@@ -216,9 +198,9 @@ fn a_hook_slower_than_any_confirmation_is_thawed_by_its_guard_across_a_sigkill()
         late < Duration::from_secs(5),
         "thawed {late:?} after the freeze landed"
     );
-    assert_eq!(freeze_status(&guest), json!("thawed"));
+    assert_eq!(guest.freeze_status(), json!("thawed"));
     // the agent answers again: the hook back to normal for what follows
-    hook(&guest, "freeze-delay", "");
+    guest.hook("freeze-delay", "");
     let log = String::from_utf8_lossy(&guest.read_file("/run/fsfreeze-hook.log")).to_string();
     let froze = log.rfind("freeze: ok").expect("the late freeze landed");
     assert!(
@@ -250,7 +232,7 @@ fn stopped_inside_the_window(
     let mut conn = d.connect();
     let id = conn.send_create(json!({"domain": guest.name, "image": image, "quiesce": "required"}));
     let marker = state.path().join("paused-at-frozen");
-    wait_for_file(&marker, &d);
+    d.wait_paused(&marker);
     let stopped = Stopped::stop(backend);
     let sent = Instant::now();
     std::fs::remove_file(&marker).expect("let the daemon go on");
@@ -266,7 +248,7 @@ fn stopped_inside_the_window(
         answered - sent,
         answer.kind()
     );
-    assert_eq!(freeze_status(&guest), json!("thawed"), "{:?}", answer.0);
+    assert_eq!(guest.freeze_status(), json!("thawed"), "{:?}", answer.0);
     assert!(
         thawed_after < Duration::from_secs(5),
         "thawed {thawed_after:?} after {backend} came back"
@@ -331,12 +313,12 @@ fn the_mon_stopped_at_start_up_does_not_hold_ready_or_the_thaw() {
     let image = common::unique("monstart");
     let mut conn = first.connect();
     conn.send_create(json!({"domain": guest.name, "image": image, "quiesce": "required"}));
-    wait_for_file(&state.path().join("paused-at-frozen"), &first);
+    first.wait_paused(&state.path().join("paused-at-frozen"));
     first.signal(Signal::SIGKILL);
     assert!(first.wait_exit(Duration::from_secs(10)).is_some());
     drop(conn);
     assert_eq!(
-        freeze_status(&guest),
+        guest.freeze_status(),
         json!("frozen"),
         "left frozen by the kill"
     );
@@ -374,7 +356,7 @@ fn the_mon_stopped_at_start_up_does_not_hold_ready_or_the_thaw() {
     );
     assert!(ready < Duration::from_secs(5), "READY after {ready:?}");
     assert!(thawed < Duration::from_secs(5), "thawed after {thawed:?}");
-    assert_eq!(freeze_status(&guest), json!("thawed"));
+    assert_eq!(guest.freeze_status(), json!("thawed"));
     let status = second.status();
     assert_eq!(
         status["recovery"]["pending"].as_array().map(Vec::len),

@@ -304,6 +304,18 @@ impl DaemonProc {
         }
     }
 
+    /// Wait (60 s at most) until `RBDSNAPD_TEST_PAUSE_AT` made this
+    /// daemon pause: its marker file `path` appears.
+    pub fn wait_paused(&self, path: &Path) {
+        let until = Instant::now() + Duration::from_secs(60);
+        while !path.exists() {
+            if Instant::now() > until {
+                self.fail(&format!("never paused: {} did not appear", path.display()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A new connection, or a failure with the log.
     pub fn connect(&self) -> Conn {
         match UnixStream::connect(&self.socket) {

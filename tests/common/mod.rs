@@ -200,6 +200,17 @@ impl Guest {
             .unwrap_or_else(|| panic!("agent reply without `return`: {reply}"))
     }
 
+    /// The agent's own view: `"frozen"` or `"thawed"`.
+    pub fn freeze_status(&self) -> serde_json::Value {
+        self.agent(serde_json::json!({"execute": "guest-fsfreeze-status"}))
+    }
+
+    /// Set one of the fsfreeze hook's controls (`freeze-delay`,
+    /// `freeze-fail`, …; see dev/guest/fsfreeze-hook); `""` switches it off.
+    pub fn hook(&self, control: &str, value: &str) {
+        self.write_file(&format!("/etc/rbdsnapd-test/{control}"), value.as_bytes());
+    }
+
     /// Write `data` to `path` inside the guest through the agent.
     pub fn write_file(&self, path: &str, data: &[u8]) {
         use base64::Engine;
