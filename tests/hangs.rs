@@ -103,18 +103,52 @@ fn wait_unguarded(d: &DaemonProc, within: Duration) -> Instant {
     }
 }
 
+/// The job's temporary snapshots on the guest's disk and whether its image
+/// exists, or why Ceph cannot tell now (an OSD just continued can time
+/// calls out for a while: that is not an answer).
+fn leftovers(
+    bed: &daemon::Bed,
+    guest: &common::Guest,
+    image: &str,
+) -> Result<(Vec<String>, bool), String> {
+    let listed = bed
+        .ceph
+        .rbd_output(&["snap", "ls", "--format", "json", &guest.image], None);
+    if !listed.status.success() {
+        return Err(String::from_utf8_lossy(&listed.stderr).into_owned());
+    }
+    let snaps: Vec<Value> = serde_json::from_slice(&listed.stdout).map_err(|e| e.to_string())?;
+    let temps = snaps
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .filter(|n| n.starts_with("rbdsnapd-tmp"))
+        .map(str::to_string)
+        .collect();
+    let info = bed
+        .ceph
+        .rbd_output(&["info", &format!("images/{image}")], None);
+    let stderr = String::from_utf8_lossy(&info.stderr);
+    let made = match info.status.success() {
+        true => true,
+        false if stderr.contains("No such file") => false,
+        false => return Err(stderr.into_owned()),
+    };
+    Ok((temps, made))
+}
+
 /// Nothing of the job left in Ceph, waiting up to `within` for recovery.
 fn nothing_left(bed: &daemon::Bed, guest: &common::Guest, image: &str, within: Duration) {
     let until = Instant::now() + within;
     loop {
-        let temps = bed.ceph.temp_snapshots(&guest.image);
-        let made = bed.ceph.exists(&format!("images/{image}"));
-        if temps.is_empty() && !made {
-            return;
+        let seen = leftovers(bed, guest, image);
+        if let Ok((temps, false)) = &seen {
+            if temps.is_empty() {
+                return;
+            }
         }
         assert!(
             Instant::now() < until,
-            "left behind: temporary snapshots {temps:?}, image made: {made}"
+            "left behind after {within:?}: {seen:?}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
