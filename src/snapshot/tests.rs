@@ -38,17 +38,23 @@ async fn go(
     req: &SnapshotRequest,
     s: &Settings,
 ) -> Result<SnapshotResult, SnapshotError> {
-    let progress: ProgressSink = Arc::new(|_| {});
+    go_with(fake, req, s, JobHooks::default()).await
+}
+
+/// [`go`] with the given hooks (guards, late calls, a step log).
+async fn go_with(
+    fake: &Arc<Fake>,
+    req: &SnapshotRequest,
+    s: &Settings,
+    hooks: JobHooks,
+) -> Result<SnapshotResult, SnapshotError> {
     run(
         Arc::new(FakeHv(Arc::clone(fake))),
         Arc::new(FakeStore(Arc::clone(fake))),
         s,
         req,
         "job1",
-        JobHooks {
-            progress,
-            ..Default::default()
-        },
+        hooks,
     )
     .await
 }
@@ -272,12 +278,10 @@ async fn a_thaw_not_confirmed_in_time_answers_and_leaves_a_guard_that_thaws_late
     let guards = guards_for(&fake);
     let s = settings();
     let started = std::time::Instant::now();
-    let err = run(
-        Arc::new(FakeHv(Arc::clone(&fake))),
-        Arc::new(FakeStore(Arc::clone(&fake))),
-        &s,
+    let err = go_with(
+        &fake,
         &request(),
-        "job1",
+        &s,
         JobHooks {
             guards: Arc::clone(&guards),
             ..Default::default()
@@ -364,15 +368,7 @@ fn a_one_worker_runtime_stays_responsive_while_backends_and_the_journal_hang() {
             log: Arc::new(SlowLog),
             ..Default::default()
         };
-        let _ = run(
-            Arc::new(FakeHv(Arc::clone(&fake))),
-            Arc::new(FakeStore(Arc::clone(&fake))),
-            &settings(),
-            &request(),
-            "job1",
-            hooks,
-        )
-        .await;
+        let _ = go_with(&fake, &request(), &settings(), hooks).await;
         let worst = ticker.await.expect("ticker");
         // a 20 ms tick never waits for a blocking call (each takes >= 300 ms)
         assert!(
@@ -688,12 +684,10 @@ async fn a_late_snapshot_the_rollback_cannot_wait_for_is_left_to_recovery_and_tr
     fake.inject("snap_create", Fault::Slow(Duration::from_secs(4)), 1);
     let late = Arc::new(saga::LateCalls::default());
     let started = std::time::Instant::now();
-    let err = run(
-        Arc::new(FakeHv(Arc::clone(&fake))),
-        Arc::new(FakeStore(Arc::clone(&fake))),
-        &settings(),
+    let err = go_with(
+        &fake,
         &request(),
-        "job1",
+        &settings(),
         JobHooks {
             late: Arc::clone(&late),
             ..Default::default()
