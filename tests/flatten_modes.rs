@@ -397,7 +397,7 @@ fn a_cluster_flatten_is_followed_again_after_a_kill_and_can_be_cancelled() {
     }
     assert_image(&bed.ceph, source, &image, flattened);
     let out = std::process::Command::new("ceph")
-        .args(["--conf", &bed.ceph.conf, "--id", &bed.ceph.id])
+        .args(["--conf", &bed.ceph.conf, "--id", &bed.ceph.admin_id])
         .args(["rbd", "task", "list", "--format", "json"])
         .output()
         .expect("ceph rbd task list");
@@ -451,6 +451,53 @@ fn cluster_flatten_is_refused_without_a_manager() {
     );
     answer.assert_error(1017, "unsupported", "background flatten with clone v1");
     assert!(!ceph.exists(&format!("images/{image}")));
+}
+
+#[test]
+fn cluster_flatten_needs_only_the_caps_of_the_flatten_and_names_a_missing_one() {
+    let Some(bed) = daemon::bed() else { return };
+    if !manager() {
+        return;
+    }
+    // OpenStack's usual caps minus the manager's on the destination pool:
+    // the probe must tell this (and say so) from a cluster without rbd_support
+    let rbd_pools = "profile rbd pool=vms, profile rbd pool=images";
+    let user = bed.ceph.user_with_caps(
+        "nomgrcap",
+        &[
+            ("mon", "profile rbd"),
+            ("osd", rbd_pools),
+            ("mgr", "profile rbd pool=vms"),
+        ],
+    );
+    let d = bed.launch().ceph_id(&user).start();
+    let image = common::unique("nomgrcap");
+    let answer = d.connect().call(
+        "snapshot.create",
+        json!({"domain": "rbdsnapd-test-11", "image": image, "flatten": "cluster"}),
+    );
+    answer.assert_error(1017, "unsupported", "cluster flatten without the mgr cap");
+    let message = answer.error()["message"]
+        .as_str()
+        .expect("message")
+        .to_string();
+    assert!(
+        message.contains("mgr 'profile rbd pool=images'"),
+        "the missing cap is named: {message}"
+    );
+    assert!(!bed.ceph.exists(&format!("images/{image}")));
+    assert!(all_snapshots(&bed.ceph, "vms/testdrv-11-vda").is_empty());
+    // the same user flattens in the other modes, which need no manager
+    let answer = d.connect().call(
+        "snapshot.create",
+        json!({"domain": "rbdsnapd-test-11", "image": image, "flatten": "sync"}),
+    );
+    answer.result();
+    assert!(bed.ceph.exists(&format!("images/{image}@snap")));
+    d.connect()
+        .call("snapshot.delete", json!({"pool": "images", "image": image}))
+        .result();
+    assert!(!bed.ceph.exists(&format!("images/{image}")));
 }
 
 #[test]

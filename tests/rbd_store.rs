@@ -164,9 +164,21 @@ fn fsid_is_the_bed_cluster_s() {
 #[test]
 fn connect_with_an_unknown_user_is_permission_denied() {
     let Some(ceph) = common::ceph() else { return };
-    let err = CephStore::connect(std::path::Path::new(&ceph.conf), "nobody-here")
+    // a keyring with a key the monitors do not know for this name
+    let dir = std::path::Path::new(&ceph.conf).parent().expect("bed dir");
+    let user = common::unique("nobody");
+    let keyring = dir.join(format!("ceph.client.{user}.keyring"));
+    let key = "AQBPmDNmAAAAABAAsfD5zFn8vHHmeK2oqFcTtg==";
+    std::fs::write(&keyring, format!("[client.{user}]\n\tkey = {key}\n")).expect("keyring");
+    let err = CephStore::connect(std::path::Path::new(&ceph.conf), &user)
         .expect_err("no such cephx user");
+    std::fs::remove_file(&keyring).ok();
     assert_eq!(err.kind, RbdErrorKind::PermissionDenied, "{err}");
+    // no keyring at all: said so, not a bare "No such file or directory"
+    let err = CephStore::connect(std::path::Path::new(&ceph.conf), "nobody-here")
+        .expect_err("no keyring");
+    assert_eq!(err.kind, RbdErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("no keyring"), "{err}");
     let err = CephStore::connect(std::path::Path::new("/nonexistent/ceph.conf"), &ceph.id)
         .expect_err("no such file");
     assert!(err.to_string().contains("/nonexistent/ceph.conf"), "{err}");

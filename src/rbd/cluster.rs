@@ -82,6 +82,18 @@ impl Cluster {
         }
         // SAFETY: a configured handle, connected once.
         let rc = unsafe { rados::rados_connect(cluster.0) };
+        if rc == -(nix::errno::Errno::ENOENT as c_int) {
+            // librados' own word is a bare "No such file or directory"
+            return Err(RbdError::new(
+                "connect",
+                target(),
+                RbdErrorKind::NotFound,
+                format!(
+                    "no keyring with a key for client.{id} was found (ceph.conf's `keyring` \
+                     setting; by default /etc/ceph/ceph.client.{id}.keyring)"
+                ),
+            ));
+        }
         RbdError::check("connect", rc, target)?;
         Ok(cluster)
     }

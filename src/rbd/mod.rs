@@ -167,9 +167,10 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
     /// Remove an image (it must have no snapshots left).
     fn remove_image(&self, image: &ImageSpec) -> Result<(), RbdError>;
 
-    /// Whether the cluster's manager can take flatten tasks (checked before
-    /// a `cluster` flatten touches the guest).
-    fn check_flatten_tasks(&self) -> Result<(), RbdError> {
+    /// Whether the cluster's manager takes flatten tasks for images in
+    /// `pool` from this client (checked before a `cluster` flatten touches
+    /// the guest).
+    fn check_flatten_tasks(&self, _pool: &str) -> Result<(), RbdError> {
         Err(no_manager("mgr flatten"))
     }
 

@@ -237,8 +237,8 @@ impl ImageStore for CephStore {
         RbdError::check("clone", rc, || target).map(drop)
     }
 
-    fn check_flatten_tasks(&self) -> Result<(), RbdError> {
-        self.cluster.check_flatten_tasks()
+    fn check_flatten_tasks(&self, pool: &str) -> Result<(), RbdError> {
+        self.cluster.check_flatten_tasks(pool)
     }
 
     fn add_flatten_task(&self, image: &ImageSpec) -> Result<String, RbdError> {

@@ -12,9 +12,6 @@ use super::cluster::Cluster;
 use super::command::Daemon;
 use super::{ImageSpec, RbdError, RbdErrorKind};
 
-/// The manager module that runs `rbd task` commands.
-const MODULE: &str = "rbd_support";
-
 /// A queued or running manager task, as `rbd task list` shows it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct MgrTask {
@@ -34,44 +31,69 @@ pub struct MgrTask {
     pub retry_message: Option<String>,
 }
 
+/// The part of the monitors' `status` that says whether a manager runs.
 #[derive(Debug, Deserialize)]
-struct MgrMap {
+struct Status {
+    mgrmap: StatusMgr,
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusMgr {
     available: bool,
-    #[serde(default)]
-    modules: Vec<String>,
-    #[serde(default)]
-    always_on_modules: std::collections::HashMap<String, Vec<String>>,
 }
 
 impl Cluster {
-    /// Whether an active manager with rbd_support can take flatten tasks.
-    pub(super) fn check_flatten_tasks(&self) -> Result<(), RbdError> {
+    /// Whether this client may queue flatten tasks for images in `pool`.
+    ///
+    /// The probe asks for no right the flatten itself does not need:
+    /// - the monitors' `status` (mon `profile rbd` allows it, `mgr dump`
+    ///   would need `mgr r`) says whether a manager is active at all, so a
+    ///   manager command is never sent into the void (the manager connection
+    ///   has no op timeout, see `Cluster::connect`);
+    /// - `rbd task add flatten` for an image that does not exist in `pool`
+    ///   goes through the same cap check as the real one, then fails with
+    ///   ENOENT without queueing anything. ENOENT is the yes; EACCES names
+    ///   the missing cap.
+    pub(super) fn check_flatten_tasks(&self, pool: &str) -> Result<(), RbdError> {
         let out = self.command(
             Daemon::Mon,
-            "mgr dump",
+            "mgr check",
             "cluster",
-            &json!({"prefix": "mgr dump", "format": "json"}),
+            &json!({"prefix": "status", "format": "json"}),
         )?;
-        let map: MgrMap = parse("mgr dump", &out)?;
-        let enabled = map.modules.iter().any(|m| m == MODULE)
-            || map
-                .always_on_modules
-                .values()
-                .flatten()
-                .any(|m| m == MODULE);
-        let missing = if !map.available {
-            "no Ceph manager is active"
-        } else if !enabled {
-            "the Ceph manager's rbd_support module is not enabled"
-        } else {
-            return Ok(());
-        };
-        Err(RbdError::new(
-            "mgr flatten",
-            "cluster",
-            RbdErrorKind::Invalid,
-            missing,
-        ))
+        let status: Status = parse("mgr check", &out)?;
+        if !status.mgrmap.available {
+            return Err(RbdError::new(
+                "mgr check",
+                "cluster",
+                RbdErrorKind::Invalid,
+                "no Ceph manager is active",
+            ));
+        }
+        let probe = ImageSpec::new(pool, format!("rbdsnapd-probe-{}", uuid::Uuid::new_v4()));
+        let cmd = json!({"prefix": "rbd task add flatten", "image_spec": probe.to_string(), "format": "json"});
+        match self.command(Daemon::Mgr, "mgr check", &probe.to_string(), &cmd) {
+            Err(e) if e.kind == RbdErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind == RbdErrorKind::PermissionDenied => Err(RbdError::new(
+                "mgr check",
+                pool,
+                RbdErrorKind::PermissionDenied,
+                format!(
+                    "this Ceph user may not queue manager tasks on pool {pool}: \
+                     it needs the cap mgr 'profile rbd pool={pool}' ({})",
+                    e.message
+                ),
+            )),
+            Err(e) => Err(e),
+            // a task for an image that does not exist: cancel what should
+            // never have been queued
+            Ok(out) => {
+                if let Ok(task) = parse::<MgrTask>("mgr check", &out) {
+                    let _ = self.cancel_task(&task.id);
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Queue (or find the queued) flatten of `image`; its task id.

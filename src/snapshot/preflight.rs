@@ -73,7 +73,6 @@ pub async fn plan(
         })
         .await?
     };
-    check_flatten_mode(store, settings, req.flatten, clone_format).await?;
     let mut disks = Vec::with_capacity(selected.len());
     for (disk, source) in &selected {
         let dest_name = if selected.len() == 1 {
@@ -93,6 +92,9 @@ pub async fn plan(
             .await?,
         );
     }
+    let mut dest_pools: Vec<String> = disks.iter().map(|d| d.dest.pool.clone()).collect();
+    dest_pools.dedup();
+    check_flatten_mode(store, settings, req.flatten, clone_format, dest_pools).await?;
     let freeze = quiesce_plan(hv, settings, req.quiesce, &domain).await?;
     Ok(Plan {
         domain,
@@ -112,6 +114,7 @@ async fn check_flatten_mode(
     settings: &Settings,
     mode: FlattenMode,
     format: CloneFormat,
+    dest_pools: Vec<String>,
 ) -> Result<(), SnapshotError> {
     if !mode.after_answer() {
         return Ok(());
@@ -125,12 +128,19 @@ async fn check_flatten_mode(
     if mode == FlattenMode::Cluster {
         let store = Arc::clone(store);
         blocking::store("mgr check", settings.call_deadline, move || {
-            store.check_flatten_tasks()
+            dest_pools
+                .iter()
+                .try_for_each(|pool| store.check_flatten_tasks(pool))
         })
         .await
         .map_err(|e| {
+            // a cluster that does not answer may take tasks once it does
+            let kind = match e.kind {
+                Kind::CephUnavailable | Kind::Timeout => e.kind,
+                _ => Kind::Unsupported,
+            };
             SnapshotError::new(
-                Kind::Unsupported,
+                kind,
                 format!(
                     "flatten cluster needs the Ceph manager's rbd_support module: {}",
                     e.message

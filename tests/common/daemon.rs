@@ -111,6 +111,13 @@ impl Launch {
         self
     }
 
+    /// Another cephx user for the daemon (its keyring next to ceph.conf,
+    /// see [`super::Ceph::user_with_caps`]).
+    pub fn ceph_id(mut self, id: &str) -> Self {
+        self.ceph_id = id.to_string();
+        self
+    }
+
     /// Another libvirt URI (the real guest's `qemu:///system`).
     pub fn libvirt_uri(mut self, uri: &str) -> Self {
         self.libvirt_uri = uri.to_string();

@@ -20,8 +20,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Ceph {
     /// ceph.conf of the throwaway cluster (never /etc/ceph).
     pub conf: String,
-    /// cephx client id (without `client.`).
+    /// cephx client id (without `client.`) the daemon and the engine run
+    /// as: a least-privilege user (`profile rbd` on the bed's pools).
     pub id: String,
+    /// cephx id with every cap, for setting images up and checking what
+    /// the daemon left (a check must not be limited by the daemon's caps).
+    pub admin_id: String,
     /// The cluster's fsid, as the bed generated it.
     pub fsid: String,
     /// Pool of instance disks.
@@ -81,6 +85,7 @@ pub fn ceph() -> Option<Ceph> {
         Ok(Ceph {
             conf: var("RBDSNAPD_TEST_CEPH_CONF")?,
             id: var("RBDSNAPD_TEST_CEPH_ID")?,
+            admin_id: var("RBDSNAPD_TEST_CEPH_ADMIN_ID")?,
             fsid: var("RBDSNAPD_TEST_FSID")?,
             pool_vms: var("RBDSNAPD_TEST_POOL_VMS")?,
             pool_images: var("RBDSNAPD_TEST_POOL_IMAGES")?,
@@ -155,7 +160,7 @@ impl Ceph {
         let mut child = Command::new("timeout")
             .arg("60")
             .arg("rbd")
-            .args(["--conf", &self.conf, "--id", &self.id])
+            .args(["--conf", &self.conf, "--id", &self.admin_id])
             .args(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
@@ -298,6 +303,32 @@ pub mod engine {
 }
 
 impl Ceph {
+    /// A new cephx user with `caps` (pairs such as `("mon", "profile rbd")`),
+    /// its keyring written where the bed's ceph.conf looks for it; the id.
+    pub fn user_with_caps(&self, prefix: &str, caps: &[(&str, &str)]) -> String {
+        let id = unique(prefix);
+        let mut args = vec!["auth", "get-or-create"];
+        let entity = format!("client.{id}");
+        args.push(&entity);
+        for (service, cap) in caps {
+            args.extend([*service, *cap]);
+        }
+        let out = Command::new("timeout")
+            .args(["60", "ceph", "--conf", &self.conf, "--id", &self.admin_id])
+            .args(&args)
+            .output()
+            .expect("run ceph auth");
+        assert!(
+            out.status.success(),
+            "ceph auth: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = std::path::Path::new(&self.conf).parent().expect("bed dir");
+        std::fs::write(dir.join(format!("ceph.client.{id}.keyring")), &out.stdout)
+            .expect("write keyring");
+        id
+    }
+
     /// Write `data` at `offset` into an existing image (python3-rbd: the
     /// daemon's own store has no data path, and the CLI cannot write in place).
     pub fn write_image(&self, image: &str, offset: u64, data: &[u8]) {
@@ -312,7 +343,7 @@ impl Ceph {
              img.write(sys.stdin.buffer.read(), {offset})\n\
              img.close(); io.close(); c.shutdown()\n",
             conf = self.conf,
-            id = self.id,
+            id = self.admin_id,
         );
         let mut child = Command::new("/usr/bin/python3")
             .args(["-c", &script])

@@ -139,7 +139,9 @@ def cmd_up(args):
 def cluster_env(cluster, with_mgr):
     return {
         "RBDSNAPD_TEST_CEPH_CONF": cluster.conf,
-        "RBDSNAPD_TEST_CEPH_ID": "admin",
+        # the daemon's least-privilege user; admin for set-up and checks
+        "RBDSNAPD_TEST_CEPH_ID": ceph_cluster.DAEMON_USER,
+        "RBDSNAPD_TEST_CEPH_ADMIN_ID": "admin",
         "RBDSNAPD_TEST_FSID": cluster.fsid,
         "RBDSNAPD_TEST_POOL_VMS": "vms",
         "RBDSNAPD_TEST_POOL_IMAGES": "images",

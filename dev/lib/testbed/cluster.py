@@ -18,6 +18,16 @@ from . import procs
 from .procs import BedError
 
 POOLS = ("vms", "images")
+# The cephx user rbdsnapd runs as on every bed (tests, demo, benchmark), with
+# the caps OpenStack services usually get; admin only sets the bed up and
+# checks what the daemon left. The README's "Ceph user" section lists the
+# same caps.
+DAEMON_USER = "rbdsnapd"
+DAEMON_CAPS = {
+    "mon": "profile rbd",
+    "osd": ", ".join(f"profile rbd pool={p}" for p in POOLS),
+    "mgr": ", ".join(f"profile rbd pool={p}" for p in POOLS),
+}
 MON_ID = "a"
 MGR_ID = "x"
 
@@ -77,7 +87,9 @@ class Cluster:
             "auth cluster required = cephx",
             "auth service required = cephx",
             "auth client required = cephx",
-            f"keyring = {self.admin_keyring}",
+            # one keyring per user: ceph.client.admin.keyring and the
+            # daemon's ceph.client.rbdsnapd.keyring
+            f"keyring = {r}/ceph.$name.keyring",
             f"run dir = {r}/run",
             f"admin socket = {r}/run/$name.asok",
             f"pid file = {r}/run/$name.pid",
@@ -171,6 +183,7 @@ class Cluster:
         try:
             self._add_osd(rados, state)
             self._create_pools(rados)
+            self._create_daemon_user(rados)
         finally:
             rados.shutdown()
 
@@ -255,6 +268,15 @@ class Cluster:
             procs.wait_for(f"pool {pool} writable", writable, 60)
             with rados.open_ioctx(pool) as ioctx:
                 rbd.RBD().pool_init(ioctx, False)
+
+    def _create_daemon_user(self, rados):
+        caps = [x for svc, cap in DAEMON_CAPS.items() for x in (svc, cap)]
+        key = json.loads(self.mon_command(rados, {
+            "prefix": "auth get-or-create-key", "entity": f"client.{DAEMON_USER}",
+            "caps": caps, "format": "json"}))["key"]
+        path = os.path.join(self.root, f"ceph.client.{DAEMON_USER}.keyring")
+        with open(path, "w") as f:
+            f.write(keyring_entry(f"client.{DAEMON_USER}", key, {}))
 
     def start_mgr(self, state, timeout=60):
         """Add a mgr (needed only for mgr-side features such as rbd tasks)."""
