@@ -32,6 +32,7 @@
 //!   with bounded capacity and a lane reserved for thaws.
 //! - [`client`]: a small blocking client of the socket, for `rbdsnapctl`.
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;

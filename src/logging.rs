@@ -25,8 +25,11 @@ pub fn init(format: LogFormat) {
             .with_current_span(true)
             .with_writer(std::io::stderr)
             .boxed(),
+        // No "F_" prefix: a job's lines carry JOB_ID, DOMAIN and IMAGE
+        // (from its span) as fields, for `journalctl JOB_ID=…`. None of our
+        // field names is one journald keeps for itself.
         LogFormat::Journald => match tracing_journald::layer() {
-            Ok(journald) => journald.boxed(),
+            Ok(journald) => journald.with_field_prefix(None).boxed(),
             Err(e) => {
                 eprintln!("rbdsnapd: journald unavailable ({e}); logging to stderr");
                 fmt::layer().with_writer(std::io::stderr).boxed()

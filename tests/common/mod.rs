@@ -11,6 +11,7 @@
 pub mod daemon;
 pub mod extra;
 pub mod hang;
+pub mod vm;
 
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};

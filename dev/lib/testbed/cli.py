@@ -1,4 +1,4 @@
-"""Command line of dev/testbed: `up`, `down`, `leftovers`, `restart-libvirtd`,
+"""Command line of dev/testbed: `up`, `vm-up`, `down`, `leftovers`, `restart-libvirtd`,
 `pause`/`resume` (SIGSTOP/SIGCONT of a bed daemon, to make a hang); timings,
 the env file."""
 import argparse
@@ -12,7 +12,7 @@ import time
 from . import cluster as ceph_cluster
 from . import guest as guest_mod
 from . import libvirtd, procs
-from . import testdriver
+from . import sysvm, testdriver
 from .procs import BedError
 from .state import State
 
@@ -35,7 +35,13 @@ def parse(argv):
     up.add_argument("--no-guest", action="store_true", help="do not boot the guest")
     up.add_argument("--keep-on-failure", action="store_true",
                     help="leave a failed bed running for inspection")
-    down = sub.add_parser("down", help="stop what `up` started and remove DIR")
+    vm = sub.add_parser("vm-up", help="boot the systemd VM (Debian 12, systemd as PID 1) "
+                                      "with its own Ceph cluster, and write DIR/env")
+    vm.add_argument("--dir", required=True, help="bed directory (created)")
+    vm.add_argument("--port-base", type=int, default=27600,
+                    help="first of 50 ports its cluster uses (default 27600)")
+    vm.add_argument("--deb", required=True, help="the rbdsnapd .deb to put in the VM")
+    down = sub.add_parser("down", help="stop what `up` or `vm-up` started and remove DIR")
     down.add_argument("--dir", required=True)
     down.add_argument("--keep", action="store_true", help="keep DIR (logs)")
     left = sub.add_parser("leftovers", help="fail if a process of the bed in DIR still runs")
@@ -76,6 +82,8 @@ def main(argv):
     try:
         if args.cmd == "up":
             return cmd_up(args)
+        if args.cmd == "vm-up":
+            return cmd_vm_up(args)
         if args.cmd == "leftovers":
             return cmd_leftovers(args.dir)
         if args.cmd in ("pause", "resume"):
@@ -136,6 +144,28 @@ def cmd_up(args):
     return 0
 
 
+def cmd_vm_up(args):
+    root = os.path.abspath(args.dir)
+    if os.path.exists(os.path.join(root, "state.json")):
+        raise BedError(f"{root} already holds a bed: run `dev/testbed down --dir {root}`")
+    os.makedirs(root, exist_ok=True)
+    state = State(root)
+    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+    timings = {}
+    try:
+        env = timed("systemd VM", timings,
+                    lambda: sysvm.up(root, repo, args.port_base, args.deb, state))
+    except BaseException as exc:
+        print(f"testbed: vm-up failed ({exc!r}); tearing down", file=sys.stderr)
+        cmd_down(root, keep=True)
+        raise
+    with open(os.path.join(root, "timings.txt"), "w") as f:
+        f.writelines(f"testbed: {k} ready in {v:.2f} s\n" for k, v in timings.items())
+    write_env(root, env)
+    print(f"testbed: VM up in {root}; source {root}/env", file=sys.stderr)
+    return 0
+
+
 def cluster_env(cluster, with_mgr):
     return {
         "RBDSNAPD_TEST_CEPH_CONF": cluster.conf,
@@ -167,6 +197,7 @@ def cmd_down(root, keep):
     state = State(root)
     errors = []
     steps = [
+        ("systemd VM", lambda: sysvm.down(state.get("sysvm"), root)),
         ("guest", lambda: guest_mod.down(state.get("guest"))),
         ("libvirtd", lambda: libvirtd.down(state.get("libvirtd"))),
         ("ceph cluster", lambda: ceph_cluster.down(state.get("cluster"))),

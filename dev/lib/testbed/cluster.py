@@ -1,6 +1,7 @@
 """A throwaway single-host Ceph cluster: one mon, one OSD, optionally a mgr.
 
-Bound to 127.0.0.1 on ports derived from a base port, with every path (data,
+Bound to 127.0.0.1 (or a host-only address given, such as the systemd VM's
+tap link) on ports derived from a base port, with every path (data,
 run dir, admin sockets, logs) under the cluster's own directory, so that two
 clusters can run side by side and nothing touches /etc/ceph or a real cluster.
 cephx is on. Bootstrap (OSD registration, pools, rbd init) goes through one
@@ -48,12 +49,13 @@ def keyring_entry(name, key, caps):
 class Cluster:
     """One throwaway cluster living in `root`, ports from `port_base` up."""
 
-    def __init__(self, root, port_base, store="memstore"):
+    def __init__(self, root, port_base, store="memstore", addr="127.0.0.1"):
         if store not in ("memstore", "bluestore"):
             raise BedError(f"unknown object store {store!r}")
         self.root = os.path.abspath(root)
         self.port_base = port_base
         self.store = store
+        self.addr = addr
         self.conf = os.path.join(self.root, "ceph.conf")
         self.admin_keyring = os.path.join(self.root, "ceph.client.admin.keyring")
         self.mon_v2 = port_base
@@ -78,9 +80,9 @@ class Cluster:
         lines = [
             "[global]",
             f"fsid = {self.fsid}",
-            f"mon host = [v2:127.0.0.1:{self.mon_v2},v1:127.0.0.1:{self.mon_v1}]",
-            "public addr = 127.0.0.1",
-            "cluster addr = 127.0.0.1",
+            f"mon host = [v2:{self.addr}:{self.mon_v2},v1:{self.addr}:{self.mon_v1}]",
+            f"public addr = {self.addr}",
+            f"cluster addr = {self.addr}",
             "ms bind ipv6 = false",
             f"ms bind port min = {self.port_base + 2}",
             f"ms bind port max = {self.port_base + 49}",
@@ -161,9 +163,9 @@ class Cluster:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
-                    s.bind(("127.0.0.1", port))
+                    s.bind((self.addr, port))
                 except OSError:
-                    raise BedError(f"port {port} on 127.0.0.1 is in use: pick another "
+                    raise BedError(f"port {port} on {self.addr} is in use: pick another "
                                    f"--port-base (the cluster uses {self.port_base}.."
                                    f"{self.port_base + 49})")
 
@@ -201,7 +203,7 @@ class Cluster:
         monmap = os.path.join(self.root, "monmap")
         procs.run(["monmaptool", "--create", "--clobber", "--fsid", self.fsid,
                    "--addv", MON_ID,
-                   f"[v2:127.0.0.1:{self.mon_v2},v1:127.0.0.1:{self.mon_v1}]",
+                   f"[v2:{self.addr}:{self.mon_v2},v1:{self.addr}:{self.mon_v1}]",
                    monmap])
         procs.run(["ceph-mon", "-c", self.conf, "--mkfs", "-i", MON_ID,
                    "--monmap", monmap, "--keyring", mon_keyring])

@@ -5,8 +5,9 @@
 //! summaries on stderr, so `$(rbdsnapctl snapshot …)` is just the
 //! locations) and for programs with `--json` (the daemon's result or error
 //! object, verbatim, on stdout). The exit status says what kind of failure
-//! happened; see [`report::EXIT_STATUS`].
+//! happened; see [`cli::EXIT_STATUS`].
 
+mod cli;
 mod progress;
 mod render;
 mod report;
@@ -16,12 +17,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use rbdsnapd::client::Client;
 use serde_json::{json, Map, Value};
 
+use cli::{Args, Command, Flatten, Quiesce};
 use progress::ProgressLine;
-use report::{exit_code, print_out, report, Failure, EXIT_STATUS};
+use report::{exit_code, print_out, report, Failure};
 
 const DEFAULT_SOCKET: &str = "/run/rbdsnapd/rbdsnapd.sock";
 const SOCKET_ENV: &str = "RBDSNAPD_SOCKET";
@@ -30,108 +32,6 @@ const SOCKET_ENV: &str = "RBDSNAPD_SOCKET";
 /// otherwise; a snapshot or delete may legitimately take hours (a flatten
 /// of a big image), and the daemon bounds every step itself.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Command line of the client.
-#[derive(Debug, Parser)]
-#[command(version, about = "Client for the rbdsnapd socket", after_help = EXIT_STATUS)]
-struct Args {
-    /// The daemon's socket [default: $RBDSNAPD_SOCKET, else /run/rbdsnapd/rbdsnapd.sock]
-    #[arg(long, global = true, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Print the daemon's result (or error object) as JSON on stdout
-    #[arg(long, global = true)]
-    json: bool,
-    /// Stop waiting for the answer after SECS seconds, 0 for never
-    /// [default: 30; snapshot and delete: never]
-    #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
-    timeout: Option<Duration>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Take an image snapshot of a running domain's disk(s); prints the
-    /// location of each new image, rbd://<fsid>/<pool>/<image>/snap
-    Snapshot {
-        /// Domain name or UUID
-        domain: String,
-        /// Name of the new image (with several disks: <IMAGE>-<target> each)
-        image: String,
-        /// Destination pool [default: the source's parent pool, else the
-        /// daemon's default pool]
-        #[arg(long)]
-        pool: Option<String>,
-        /// Target dev of a disk to include (repeat for several, one freeze
-        /// for all) [default: the boot disk]
-        #[arg(long = "disk", value_name = "TARGET")]
-        disks: Vec<String>,
-        /// Freeze the guest's filesystems: required, preferred (else
-        /// crash-consistent) or off [default: the daemon's]
-        #[arg(long, value_enum)]
-        quiesce: Option<Quiesce>,
-        /// Copy the parent's data before answering (sync), after it in the
-        /// daemon (background) or in the Ceph manager (cluster), or leave a
-        /// clone (none) [default: sync]
-        #[arg(long, value_enum)]
-        flatten: Option<Flatten>,
-        /// When the domain has a snapshot running, wait for it instead of
-        /// failing as busy
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Stop a running job: before its answer it is rolled back; after it
-    /// (background/cluster flatten) the image stays usable, not flattened
-    Cancel {
-        /// The job id (from `snapshot` or `jobs`)
-        job_id: String,
-    },
-    /// Delete an image this daemon made, by its location or pool and image
-    Delete {
-        /// rbd://<fsid>/<pool>/<image>/snap, as `snapshot` printed it
-        #[arg(long, value_name = "URL", conflicts_with_all = ["pool", "image"])]
-        location: Option<String>,
-        /// Pool of the image
-        #[arg(required_unless_present = "location")]
-        pool: Option<String>,
-        /// Image name
-        #[arg(required_unless_present = "location")]
-        image: Option<String>,
-    },
-    /// List the daemon's jobs, or show one
-    Jobs {
-        /// A job id (from `snapshot` or the list)
-        job_id: Option<String>,
-    },
-    /// Show a domain's disks and guest agent as the daemon sees them
-    Disks {
-        /// Domain name or UUID
-        domain: String,
-    },
-    /// Show the daemon's version, connections, jobs and counters
-    Status,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Quiesce {
-    Required,
-    Preferred,
-    Off,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Flatten {
-    Sync,
-    Background,
-    Cluster,
-    #[value(name = "none")]
-    Never,
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s} is not a number of seconds"))
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -1,31 +1,11 @@
 //! What a failed command prints and how it exits. The exit status is part
-//! of the interface scripts rely on: [`EXIT_STATUS`] documents it in
+//! of the interface scripts rely on: `cli::EXIT_STATUS` documents it in
 //! `--help`, and [`exit_code`] is the only place that decides it.
 
 use std::io::Write;
 
 use rbdsnapd::client::{ClientError, ErrorClass};
 use serde_json::json;
-
-/// `--help`'s description of the exit status and error output.
-pub const EXIT_STATUS: &str = "\
-Exit status:
-  0  success
-  2  usage error
-  3  refused: the daemon refused before acting and changed nothing (bad input,
-     unknown domain, disk or pool, not an RBD disk, image exists, no guest
-     agent with --quiesce required, busy, not allowed, shutting down, ...)
-  4  failed: the work started and failed (freeze or thaw failed or timed out,
-     Ceph or libvirt error or unreachable, cancelled, internal error, or a
-     kind this client does not know); the daemon undid its steps and names
-     any undo that failed
-  5  the daemon could not be reached, closed the connection, sent something
-     unreadable, or did not answer within --timeout (a snapshot may still be
-     running: see `rbdsnapctl jobs`)
-
-Errors are printed as `rbdsnapctl: <message> (<kind>)` on stderr; with --json
-the error object ({code, message, data: {kind, ...}}) also goes to stdout.
-The socket is --socket, else $RBDSNAPD_SOCKET, else /run/rbdsnapd/rbdsnapd.sock.";
 
 /// A failed command: the error and, for a snapshot, the job it started
 /// (worth naming when the answer never came).
