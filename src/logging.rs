@@ -4,6 +4,7 @@
 
 use std::io::IsTerminal;
 
+use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
@@ -29,7 +30,16 @@ pub fn init(format: LogFormat) {
         // (from its span) as fields, for `journalctl JOB_ID=…`. None of our
         // field names is one journald keeps for itself.
         LogFormat::Journald => match tracing_journald::layer() {
-            Ok(journald) => journald.with_field_prefix(None).boxed(),
+            Ok(journald) => journald
+                .with_field_prefix(None)
+                // syslog's meaning: info is 6 (tracing-journald says 5,
+                // "notice"), debug 7
+                .with_priority_mappings(PriorityMappings {
+                    info: Priority::Informational,
+                    debug: Priority::Debug,
+                    ..PriorityMappings::new()
+                })
+                .boxed(),
             Err(e) => {
                 eprintln!("rbdsnapd: journald unavailable ({e}); logging to stderr");
                 fmt::layer().with_writer(std::io::stderr).boxed()

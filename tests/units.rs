@@ -277,3 +277,14 @@ fn debian_package_installs_what_the_units_name() {
         assert!(repo().join("systemd").join(f).is_file(), "systemd/{f}");
     }
 }
+
+#[test]
+fn the_debian_changelog_s_top_entry_is_this_version() {
+    let changelog = std::fs::read_to_string(repo().join("dist/changelog")).expect("dist/changelog");
+    let top = changelog.lines().next().unwrap_or_default();
+    let expected = format!("rbdsnapd ({}-1) ", env!("CARGO_PKG_VERSION"));
+    assert!(
+        top.starts_with(&expected),
+        "dist/changelog starts with {top:?}, not {expected:?}: add an entry for the new version"
+    );
+}
