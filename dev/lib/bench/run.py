@@ -64,7 +64,9 @@ class Bench:
     # -- set-up and tear-down --------------------------------------------
     def start(self):
         e = self.env
-        self.ceph = Ceph(e["RBDSNAPD_TEST_CEPH_CONF"], self.client_id, e)
+        # housekeeping (images, config set) as admin; the daemon and the
+        # peers as the least-privilege user, as on a compute node
+        self.ceph = Ceph(e["RBDSNAPD_TEST_CEPH_CONF"], e["RBDSNAPD_TEST_CEPH_ADMIN_ID"], e)
         # Every run deletes images that had a snapshot: their objects stay
         # as snapshot clones until the OSD trims the removed snapshot. The
         # bed's bluestore file sits on a disk Ceph takes for rotational,
