@@ -126,6 +126,12 @@ fn a_client_s_connect_starts_the_stopped_service_and_gets_its_answer() {
         vm.prop("rbdsnapd.service", "TriggeredBy"),
         "rbdsnapd.socket"
     );
+    // systemd's own clock: from exec to READY=1
+    let micros = |name: &str| -> u64 { vm.prop("rbdsnapd.service", name).parse().expect(name) };
+    let to_ready =
+        micros("ActiveEnterTimestampMonotonic") - micros("ExecMainStartTimestampMonotonic");
+    eprintln!("exec to READY: {} ms", to_ready / 1000);
+    assert!(to_ready < 30_000_000, "{to_ready} µs to READY");
 }
 
 #[test]
