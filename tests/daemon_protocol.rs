@@ -411,6 +411,38 @@ fn bad_input_gets_the_documented_errors_and_the_daemon_keeps_serving() {
         "{kinds:?}"
     );
 
+    // ids come back exactly as sent: past 2^53, past 64 bits, in any
+    // spelling of a number (read as raw lines: a JSON parser would round)
+    {
+        use std::io::{BufRead, BufReader, Write};
+        let stream = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+        stream
+            .set_read_timeout(Some(daemon::READ_TIMEOUT))
+            .expect("timeout");
+        let mut lines = BufReader::new(stream.try_clone().expect("clone"));
+        let mut writer = stream;
+        for id in [
+            "9007199254740993",
+            "1180591620717411303424",
+            "-9223372036854775809",
+            "1.5e300",
+            "0.1000",
+            "\"2^70\"",
+        ] {
+            writeln!(
+                writer,
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"jobs.list"}}"#
+            )
+            .expect("write");
+            let mut answer = String::new();
+            lines.read_line(&mut answer).expect("answer");
+            assert!(
+                answer.contains(&format!(r#""id":{id},"#)),
+                "id {id} came back as: {answer}"
+            );
+        }
+    }
+
     // a line past max_line_bytes: request_too_large, then the daemon hangs up
     let mut c = d.connect();
     let mut huge =

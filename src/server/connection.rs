@@ -11,6 +11,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 
+use super::echo::IdEcho;
 use super::Shared;
 use crate::daemon::Notify;
 use crate::protocol::{Call, ErrorKind, Notification, Request, Response, RpcError, JSONRPC};
@@ -145,37 +146,49 @@ fn send<T: serde::Serialize>(out: &mpsc::UnboundedSender<String>, message: &T) {
 
 /// One request: parse fully, validate, act, answer.
 async fn handle_line(line: Vec<u8>, shared: Arc<Shared>, out: mpsc::UnboundedSender<String>) {
-    let (id, call) = match parse(&line) {
+    let (echo, call) = match parse(&line) {
         Ok(parsed) => parsed,
         Err(refused) => {
-            let (id, error) = *refused;
+            let (echo, error) = *refused;
             shared.daemon.stats.answered(true);
-            send(&out, &Response::err(id, error));
+            send_echo(&out, &echo, &Response::err(echo.id.clone(), error));
             return;
         }
     };
-    let progress_out = out.clone();
-    let notify: Notify =
-        Arc::new(move |params| send(&progress_out, &Notification::progress(params)));
+    let (progress_out, progress_echo) = (out.clone(), echo.clone());
+    let notify: Notify = Arc::new(move |params| {
+        send_echo(
+            &progress_out,
+            &progress_echo,
+            &Notification::progress(params),
+        )
+    });
+    let id = echo.id.clone();
     let response = match shared.daemon.handle(call, id.clone(), notify).await {
         Ok(result) => Response::ok(id, result),
         Err(error) => Response::err(id, error),
     };
-    send(&out, &response);
+    send_echo(&out, &echo, &response);
+}
+
+fn send_echo<T: serde::Serialize>(out: &mpsc::UnboundedSender<String>, echo: &IdEcho, message: &T) {
+    if let Some(line) = echo.line(message) {
+        let _ = out.send(line);
+    }
 }
 
 /// A request refused before it reached the daemon: the id to answer (null
 /// when unreadable) and why.
-type Refusal = Box<(Value, RpcError)>;
+type Refusal = Box<(IdEcho, RpcError)>;
 
-fn refuse(id: &Value, kind: ErrorKind, msg: impl Into<String>) -> Refusal {
+fn refuse(id: &IdEcho, kind: ErrorKind, msg: impl Into<String>) -> Refusal {
     Box::new((id.clone(), RpcError::new(kind, msg)))
 }
 
 /// The request's id (for the answer) and its call, or the error to answer.
-fn parse(line: &[u8]) -> Result<(Value, Call), Refusal> {
+fn parse(line: &[u8]) -> Result<(IdEcho, Call), Refusal> {
     use ErrorKind::InvalidRequest;
-    let null = Value::Null;
+    let null = IdEcho::new(b"", Value::Null);
     let value: Value = serde_json::from_slice(line)
         .map_err(|e| refuse(&null, ErrorKind::ParseError, format!("not valid JSON: {e}")))?;
     let id = match &value {
@@ -196,6 +209,7 @@ fn parse(line: &[u8]) -> Result<(Value, Call), Refusal> {
         let msg = "the request needs an \"id\" (a string or a number)";
         return Err(refuse(&null, InvalidRequest, msg));
     }
+    let id = IdEcho::new(line, id);
     let request: Request = serde_json::from_value(value)
         .map_err(|e| refuse(&id, InvalidRequest, format!("not a JSON-RPC request: {e}")))?;
     if request.jsonrpc != JSONRPC {

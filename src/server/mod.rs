@@ -4,6 +4,7 @@
 //! flight per connection, answered by id.
 
 mod connection;
+mod echo;
 pub mod listener;
 pub mod peer;
 
