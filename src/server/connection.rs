@@ -263,6 +263,6 @@ mod tests {
         );
         let (id, _) =
             parse(br#"{"jsonrpc":"2.0","id":"a","method":"daemon.status"}"#).expect("valid");
-        assert_eq!(id, Value::from("a"));
+        assert_eq!(id.id, Value::from("a"));
     }
 }

@@ -38,7 +38,10 @@ impl IdEcho {
             .and_then(|raw| raw.id)
             .map(|raw| raw.get().to_string());
         match literal {
-            Some(literal) if id.is_number() && literal != id.to_string() => {
+            Some(literal)
+                if id.is_number()
+                    && serde_json::to_string(&id).ok().as_deref() != Some(literal.as_str()) =>
+            {
                 let surrogate = Value::String(format!("\u{1}rbdsnapd-id-{}", uuid::Uuid::new_v4()));
                 let swap = (format!("\"id\":{surrogate}"), format!("\"id\":{literal}"));
                 IdEcho {
