@@ -190,6 +190,26 @@ fn every_method_against_the_test_driver_and_the_cluster() {
     c.call("jobs.get", json!({"job_id": "0123456789abcdef"}))
         .assert_error(1025, "job_not_found", "jobs.get of an unknown job");
 
+    // a location in another cluster is refused, the image untouched
+    let elsewhere = location.replacen(&ceph.fsid, "00000000-0000-0000-0000-000000000000", 1);
+    let refused = c.call("snapshot.delete", json!({"location": elsewhere}));
+    refused.assert_error(
+        -32602,
+        "invalid_params",
+        "delete of another cluster's location",
+    );
+    assert!(
+        refused.error()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&ceph.fsid)),
+        "{:?}",
+        refused.0
+    );
+    assert!(
+        ceph.exists(&spec),
+        "{spec} deleted through another cluster's location"
+    );
+
     // snapshot.delete by location, then again, then someone else's image
     let deleted = c
         .call("snapshot.delete", json!({"location": location}))

@@ -15,9 +15,22 @@ pub(super) async fn snapshot_delete(
     daemon: &Arc<Daemon>,
     pool: String,
     image: String,
+    fsid: Option<String>,
 ) -> Result<Value, RpcError> {
     daemon.refuse_if_shutting_down()?;
     let store = daemon.backends.store()?;
+    if let Some(named) = fsid {
+        let ours = store.fsid().map_err(|e| wire::rbd_error(&e))?;
+        if !named.eq_ignore_ascii_case(&ours) {
+            return Err(RpcError::new(
+                ErrorKind::InvalidParams,
+                format!(
+                    "the location is in cluster {named}, and this daemon's cluster is {ours}: \
+                     not deleting {pool}/{image} here"
+                ),
+            ));
+        }
+    }
     let spec = ImageSpec::new(pool.clone(), image.clone());
     let deadline = daemon.settings.call_deadline;
     let call = move || -> Result<(), RpcError> {

@@ -118,8 +118,8 @@ impl Daemon {
             Call::SnapshotCreate(params) => {
                 create::snapshot_create(self, params, request_id, notify).await
             }
-            Call::SnapshotDelete { pool, image } => {
-                delete::snapshot_delete(self, pool, image).await
+            Call::SnapshotDelete { pool, image, fsid } => {
+                delete::snapshot_delete(self, pool, image, fsid).await
             }
             Call::JobsList => queries::jobs_list(self),
             Call::JobsGet(params) => queries::jobs_get(self, &params.job_id),

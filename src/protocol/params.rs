@@ -89,6 +89,8 @@ pub enum Call {
         pool: String,
         /// Image.
         image: String,
+        /// The cluster a location named; it must be the daemon's.
+        fsid: Option<String>,
     },
     /// `jobs.list`.
     JobsList,
@@ -224,9 +226,12 @@ fn check_create(p: CreateParams) -> Result<CreateParams, RpcError> {
 }
 
 fn delete_target(p: DeleteParams) -> Result<Call, RpcError> {
-    let (pool, image) = match (p.pool, p.image, p.location) {
-        (Some(pool), Some(image), None) => (pool, image),
-        (None, None, Some(location)) => parse_location(&location)?,
+    let (pool, image, fsid) = match (p.pool, p.image, p.location) {
+        (Some(pool), Some(image), None) => (pool, image, None),
+        (None, None, Some(location)) => {
+            let (fsid, pool, image) = parse_location(&location)?;
+            (pool, image, Some(fsid))
+        }
         _ => {
             return Err(RpcError::new(
                 ErrorKind::InvalidParams,
@@ -236,11 +241,11 @@ fn delete_target(p: DeleteParams) -> Result<Call, RpcError> {
     };
     check_name("pool", &pool)?;
     check_name("image", &image)?;
-    Ok(Call::SnapshotDelete { pool, image })
+    Ok(Call::SnapshotDelete { pool, image, fsid })
 }
 
-/// `rbd://<fsid>/<pool>/<image>/<snap>` → (pool, image).
-pub fn parse_location(location: &str) -> Result<(String, String), RpcError> {
+/// `rbd://<fsid>/<pool>/<image>/<snap>` → (fsid, pool, image).
+pub fn parse_location(location: &str) -> Result<(String, String, String), RpcError> {
     let parts: Vec<&str> = location
         .strip_prefix("rbd://")
         .unwrap_or_default()
@@ -248,7 +253,7 @@ pub fn parse_location(location: &str) -> Result<(String, String), RpcError> {
         .collect();
     match parts.as_slice() {
         [fsid, pool, image, snap] if !fsid.is_empty() && !snap.is_empty() => {
-            Ok((pool.to_string(), image.to_string()))
+            Ok((fsid.to_string(), pool.to_string(), image.to_string()))
         }
         _ => Err(RpcError::new(
             ErrorKind::InvalidParams,
@@ -320,7 +325,8 @@ mod tests {
             by_location.expect("ok"),
             Call::SnapshotDelete {
                 pool: "images".into(),
-                image: "i".into()
+                image: "i".into(),
+                fsid: Some("f".into()),
             }
         );
         assert_eq!(
