@@ -541,4 +541,17 @@ fn peers_not_allowed_are_refused_and_allowed_ones_served() {
     let served = daemon::call_as(65533, 65534, &d.socket, &status);
     let answer = daemon::Response(served.messages[0].clone());
     assert!(answer.is_ok(), "gid 65534 refused: {answer:?}");
+    // … as a supplementary group (SO_PEERGROUPS), and not without it
+    let member = daemon::call_as_member(65533, 65533, &[65534], &d.socket, &status);
+    let answer = daemon::Response(member.messages[0].clone());
+    assert!(
+        answer.is_ok(),
+        "supplementary gid 65534 refused: {answer:?}"
+    );
+    let outsider = daemon::call_as_member(65533, 65533, &[65532], &d.socket, &status);
+    daemon::Response(outsider.messages[0].clone()).assert_error(
+        -32002,
+        "permission_denied",
+        "supplementary groups not listed",
+    );
 }

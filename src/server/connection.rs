@@ -33,10 +33,14 @@ pub(super) async fn serve(
     _slot: OwnedSemaphorePermit,
 ) {
     let cred = stream.peer_cred().ok();
+    let groups = {
+        use std::os::fd::AsFd;
+        super::peer::peer_groups(stream.as_fd()).unwrap_or_default()
+    };
     let (read, write) = stream.into_split();
     let (out, queue) = mpsc::unbounded_channel::<String>();
     let writer = tokio::spawn(write_lines(write, queue));
-    let allowed = cred.is_some_and(|c| shared.access.allows(c.uid(), c.gid(), c.pid()));
+    let allowed = cred.is_some_and(|c| shared.access.allows(c.uid(), c.gid(), &groups));
     if !allowed {
         let (uid, gid) = cred
             .map(|c| (c.uid(), c.gid()))

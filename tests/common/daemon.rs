@@ -702,7 +702,16 @@ pub struct Foreign {
 /// sees those credentials): connect to `socket`, send `line`, read until
 /// the first answer line or EOF (within 10 s).
 pub fn call_as(uid: u32, gid: u32, socket: &Path, line: &str) -> Foreign {
+    call_as_member(uid, gid, &[], socket, line)
+}
+
+/// Like [`call_as`], the client also in the supplementary `groups`.
+pub fn call_as_member(uid: u32, gid: u32, groups: &[u32], socket: &Path, line: &str) -> Foreign {
     use std::os::unix::process::CommandExt;
+    let groups: Vec<nix::unistd::Gid> = groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
     let script = r##"
 import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -735,13 +744,23 @@ if not closed:
 sys.stdout.write(data.decode())
 sys.stdout.write("#closed\n" if closed else "#open\n")
 "##;
-    let out = Command::new("/usr/bin/python3")
+    let mut command = Command::new("/usr/bin/python3");
+    command
         .args(["-c", script])
         .arg(socket)
         .arg(line)
-        .uid(uid)
-        .gid(gid)
-        .current_dir("/")
+        .current_dir("/");
+    // SAFETY: only async-signal-safe system calls between fork and exec
+    unsafe {
+        command.pre_exec(move || {
+            use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+            setgroups(&groups)?;
+            setgid(Gid::from_raw(gid))?;
+            setuid(Uid::from_raw(uid))?;
+            Ok(())
+        });
+    }
+    let out = command
         .stdin(Stdio::null())
         .output()
         .expect("run python3 as another user");
