@@ -76,6 +76,11 @@ pub struct Config {
     /// Seconds running jobs get to finish on SIGTERM before they are
     /// cancelled (a frozen guest is thawed regardless).
     pub shutdown_grace_secs: f64,
+    /// Recorded on every image as the host that made it (`rbdsnapd.host`);
+    /// default: the host name.
+    pub host_name: Option<String>,
+    /// Also delete images another host's daemon made.
+    pub delete_any_host: bool,
     /// libvirt settings.
     pub libvirt: LibvirtConfig,
     /// Ceph settings.
@@ -212,6 +217,8 @@ impl Default for Config {
             log_format: LogFormat::Auto,
             sweep_orphans: "report".into(),
             shutdown_grace_secs: 30.0,
+            host_name: None,
+            delete_any_host: false,
             libvirt: LibvirtConfig::default(),
             ceph: CephConfig::default(),
             snapshot: SnapshotConfig::default(),
@@ -396,6 +403,18 @@ impl Config {
         }
     }
 
+    /// The name recorded on images as the host that made them.
+    pub fn host_name(&self) -> String {
+        self.host_name
+            .clone()
+            .or_else(|| {
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+            })
+            .unwrap_or_else(|| "localhost".into())
+    }
+
     /// The workflow settings this configuration asks for.
     pub fn settings(&self) -> crate::snapshot::Settings {
         let secs = Duration::from_secs_f64;
@@ -407,6 +426,7 @@ impl Config {
             flatten_deadline: secs(self.snapshot.flatten_timeout_secs),
             flatten_stall: secs(self.snapshot.flatten_stall_secs),
             clone_format: self.clone_format().ok().flatten(),
+            host: self.host_name(),
         }
     }
 }

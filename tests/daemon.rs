@@ -210,11 +210,34 @@ fn every_method_against_the_test_driver_and_the_cluster() {
         "{spec} deleted through another cluster's location"
     );
 
-    // snapshot.delete by location, then again, then someone else's image
-    let deleted = c
+    // the image names its host, and another host's image is not deleted
+    let host = String::from_utf8(ceph.rbd(&["image-meta", "get", &spec, "rbdsnapd.host"], None))
+        .expect("utf-8");
+    let hostname = nix::unistd::gethostname().expect("hostname");
+    assert_eq!(host.trim(), hostname.to_string_lossy(), "rbdsnapd.host");
+    ceph.rbd(
+        &[
+            "image-meta",
+            "set",
+            &spec,
+            "rbdsnapd.host",
+            "compute-elsewhere",
+        ],
+        None,
+    );
+    let refused = c.call("snapshot.delete", json!({"location": location}));
+    refused.assert_error(1015, "not_ours", "delete of another host's image");
+    assert!(ceph.exists(&spec), "another host's image was deleted");
+
+    // snapshot.delete by location through a daemon that may delete any
+    // host's images, then again, then someone else's image
+    let any_host = bed.start("delete_any_host = true");
+    let deleted = any_host
+        .connect()
         .call("snapshot.delete", json!({"location": location}))
         .result()
         .clone();
+    drop(any_host);
     assert_eq!(deleted["deleted"], true, "{deleted}");
     assert_eq!(
         (deleted["pool"].as_str(), deleted["image"].as_str()),

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::{wire, Daemon};
 use crate::protocol::{ErrorKind, RpcError};
 use crate::rbd::ImageSpec;
-use crate::snapshot::{FINAL_SNAPSHOT, METADATA_JOB};
+use crate::snapshot::{FINAL_SNAPSHOT, METADATA_HOST, METADATA_JOB};
 
 pub(super) async fn snapshot_delete(
     daemon: &Arc<Daemon>,
@@ -33,6 +33,7 @@ pub(super) async fn snapshot_delete(
     }
     let spec = ImageSpec::new(pool.clone(), image.clone());
     let deadline = daemon.settings.call_deadline;
+    let this_host = (!daemon.config.delete_any_host).then(|| daemon.settings.host.clone());
     let call = move || -> Result<(), RpcError> {
         let img = store.open(&spec).map_err(|e| wire::rbd_error(&e))?;
         if img
@@ -46,6 +47,21 @@ pub(super) async fn snapshot_delete(
                     "{spec} was not made by rbdsnapd (no {METADATA_JOB} metadata): not deleting it"
                 ),
             ));
+        }
+        // images made before hosts were recorded carry none: deletable
+        let maker = img
+            .metadata(METADATA_HOST)
+            .map_err(|e| wire::rbd_error(&e))?;
+        if let (Some(maker), Some(this_host)) = (maker, &this_host) {
+            if &maker != this_host {
+                return Err(RpcError::new(
+                    ErrorKind::NotOurs,
+                    format!(
+                        "{spec} was made by host {maker:?}, and this is {this_host:?}: only its \
+                         host deletes it (delete_any_host = true allows more)"
+                    ),
+                ));
+            }
         }
         let snaps = img.snapshots().map_err(|e| wire::rbd_error(&e))?;
         if let Some(other) = snaps.iter().find(|s| *s != FINAL_SNAPSHOT) {

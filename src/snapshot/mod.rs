@@ -53,5 +53,9 @@ pub const FINAL_SNAPSHOT: &str = "snap";
 /// Image metadata key naming the job that made an image.
 pub const METADATA_JOB: &str = "rbdsnapd.job";
 
+/// Image metadata key naming the host whose daemon made an image: by
+/// default only that host's daemon deletes it.
+pub const METADATA_HOST: &str = "rbdsnapd.host";
+
 /// Image metadata key naming the source image and disk of an image.
 pub const METADATA_SOURCE: &str = "rbdsnapd.source";

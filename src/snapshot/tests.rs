@@ -19,6 +19,7 @@ fn settings() -> Settings {
         flatten_deadline: Duration::from_secs(5),
         flatten_stall: Duration::from_secs(5),
         clone_format: None,
+        host: "host-a".into(),
     }
 }
 
@@ -116,6 +117,13 @@ async fn boot_disk_is_snapshotted_frozen_into_the_parent_pool() {
     assert_eq!(
         new.metadata.get(METADATA_JOB).map(String::as_str),
         Some("job1")
+    );
+    assert_eq!(
+        new.metadata
+            .get(crate::snapshot::METADATA_HOST)
+            .map(String::as_str),
+        Some("host-a"),
+        "the image names the host that made it"
     );
     let source = fake.image("vms/vm-disk").expect("source");
     assert!(

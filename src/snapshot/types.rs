@@ -84,6 +84,8 @@ pub struct Settings {
     pub flatten_stall: Duration,
     /// Clone format to use; `None` picks the newest the cluster allows.
     pub clone_format: Option<CloneFormat>,
+    /// This host's name, recorded on every image made (`rbdsnapd.host`).
+    pub host: String,
 }
 
 impl Default for Settings {
@@ -96,6 +98,7 @@ impl Default for Settings {
             flatten_deadline: Duration::from_secs(3600),
             flatten_stall: Duration::from_secs(60),
             clone_format: None,
+            host: String::new(),
         }
     }
 }

@@ -13,7 +13,7 @@ use super::saga::{Saga, Undo};
 use super::{
     DiskResult, FlattenMode, JobHooks, Phase, Progress, Settings, SnapshotError,
     SnapshotErrorKind as Kind, SnapshotRequest, SnapshotResult, Step, Timings, FINAL_SNAPSHOT,
-    METADATA_JOB, METADATA_SOURCE, TEMP_SNAPSHOT_PREFIX,
+    METADATA_HOST, METADATA_JOB, METADATA_SOURCE, TEMP_SNAPSHOT_PREFIX,
 };
 use crate::libvirt::Hypervisor;
 use crate::rbd::{CloneFormat, Image, ImageStore, RbdErrorKind};
@@ -257,6 +257,7 @@ impl Job<'_> {
         );
         let job_id = self.job_id.to_string();
         let source = format!("{parent}@{snap} disk {}", disk.target);
+        let host = self.settings.host.clone();
         // mark the clone as this job's at once: recovery removes only images
         // that provably are
         let outcome = blocking::ceph(deadline, move || {
@@ -264,6 +265,7 @@ impl Job<'_> {
             let image = store.open(&child)?;
             image.set_metadata(METADATA_JOB, &job_id)?;
             image.set_metadata(METADATA_SOURCE, &source)?;
+            image.set_metadata(METADATA_HOST, &host)?;
             Ok::<_, crate::rbd::RbdError>(image)
         })
         .await;

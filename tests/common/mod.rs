@@ -289,6 +289,7 @@ pub mod engine {
             flatten_deadline: Duration::from_secs(600),
             flatten_stall: Duration::from_secs(60),
             clone_format: None,
+            host: "rbdsnapd-tests".into(),
         }
     }
 
