@@ -119,9 +119,7 @@ async fn boot_disk_is_snapshotted_frozen_into_the_parent_pool() {
         Some("job1")
     );
     assert_eq!(
-        new.metadata
-            .get(crate::snapshot::METADATA_HOST)
-            .map(String::as_str),
+        new.metadata.get(METADATA_HOST).map(String::as_str),
         Some("host-a"),
         "the image names the host that made it"
     );
