@@ -501,6 +501,54 @@ fn cluster_flatten_needs_only_the_caps_of_the_flatten_and_names_a_missing_one() 
 }
 
 #[test]
+fn the_cli_follows_a_background_flatten_to_its_end() {
+    let Some(bed) = daemon::bed() else { return };
+    let d = bed.start(SLOW);
+    let source = "vms/testdrv-14-vda";
+    let _disk = BigDisk::new(&bed.ceph, source, "256M", "192M");
+    let image = common::unique("follow");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbdsnapctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args([
+            "snapshot",
+            "rbdsnapd-test-14",
+            &image,
+            "--flatten",
+            "background",
+        ])
+        .args(["--request-id", &image, "--follow"])
+        .output()
+        .expect("run rbdsnapctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rbdsnapctl: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("rbd://{}/images/{image}/snap", bed.ceph.fsid),
+        "{stderr}"
+    );
+    // it returned only once the image stood alone
+    assert_image(&bed.ceph, source, &image, true);
+    let jobs = d.connect().call("jobs.list", json!({}));
+    let job = jobs.result()["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .find(|j| j["image"] == image.as_str())
+        .cloned()
+        .expect("the job is listed");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        job["request_id"],
+        image.as_str(),
+        "--request-id was sent: {job}"
+    );
+    d.connect()
+        .call("snapshot.delete", json!({"pool": "images", "image": image}))
+        .result();
+}
+
+#[test]
 fn a_busy_domain_is_waited_for_when_asked() {
     let Some(bed) = daemon::bed() else { return };
     let source = "vms/testdrv-12-vda";

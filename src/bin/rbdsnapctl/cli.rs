@@ -70,10 +70,20 @@ pub enum Command {
         /// clone (none) [default: sync]
         #[arg(long, value_enum)]
         flatten: Option<Flatten>,
-        /// When the domain has a snapshot running, wait for it instead of
-        /// failing as busy
+        /// Idempotency key (1-128 characters): a retry with the same key and
+        /// arguments returns the first result, or joins the job while it
+        /// runs, also across a daemon restart; after a failure it runs again
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
+        /// When the domain has a snapshot running, queue behind it instead
+        /// of failing as busy (`--wait` is the old name)
+        #[arg(long, alias = "wait")]
+        wait_if_busy: bool,
+        /// With a background or cluster flatten: after printing the
+        /// location, follow the flatten with the progress line until it
+        /// ends; exit 4 if it fails
         #[arg(long)]
-        wait: bool,
+        follow: bool,
     },
     /// Stop a running job: before its answer it is rolled back; after it
     /// (background/cluster flatten) the image stays usable, not flattened

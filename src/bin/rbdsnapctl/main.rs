@@ -8,6 +8,7 @@
 //! happened; see [`cli::EXIT_STATUS`].
 
 mod cli;
+mod follow;
 mod progress;
 mod render;
 mod report;
@@ -75,6 +76,9 @@ fn run(args: &Args) -> Result<(), Box<Failure>> {
     });
     line.clear();
     let result = answer.map_err(|error| Box::new(Failure { error, job_id }))?;
+    if let Command::Snapshot { follow: true, .. } = args.command {
+        follow::flatten(&mut client, &result, show_progress)?;
+    }
 
     if args.json {
         let text = serde_json::to_string_pretty(&result).unwrap_or_else(|_| result.to_string());
@@ -125,7 +129,9 @@ fn request(command: &Command) -> (&'static str, Value) {
             disks,
             quiesce,
             flatten,
-            wait,
+            request_id,
+            wait_if_busy,
+            ..
         } => {
             let mut p = Map::new();
             p.insert("domain".into(), json!(domain));
@@ -153,7 +159,10 @@ fn request(command: &Command) -> (&'static str, Value) {
                 };
                 p.insert("flatten".into(), json!(f));
             }
-            if *wait {
+            if let Some(id) = request_id {
+                p.insert("request_id".into(), json!(id));
+            }
+            if *wait_if_busy {
                 p.insert("on_busy".into(), json!("wait"));
             }
             ("snapshot.create", Value::Object(p))
@@ -238,6 +247,25 @@ mod tests {
             ("domain.disks", json!({"domain": "vm"}))
         );
         assert_eq!(params(&["c", "status"]), ("daemon.status", json!({})));
+        // --wait is the old name of --wait-if-busy; --follow is the client's own
+        for wait in ["--wait-if-busy", "--wait"] {
+            assert_eq!(
+                params(&[
+                    "c",
+                    "snapshot",
+                    "vm",
+                    "img",
+                    "--request-id",
+                    "r-1",
+                    wait,
+                    "--follow"
+                ]),
+                (
+                    "snapshot.create",
+                    json!({"domain": "vm", "image": "img", "request_id": "r-1", "on_busy": "wait"})
+                )
+            );
+        }
     }
 
     #[test]
