@@ -132,6 +132,38 @@ fn crash_at(
         .filter(|l| l.starts_with(&image))
         .count();
     assert_eq!(copies, 1, "{point}: one image, not more");
+
+    // after another restart the finished job is restored from the journal
+    // as it was: its last phase and its own start and end
+    let job_id = retry.result()["job_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let before = conn
+        .call("jobs.get", json!({ "job_id": job_id }))
+        .result()
+        .clone();
+    drop(conn);
+    drop(second);
+    let third = start(bed, uri, state.path(), None);
+    let after = third
+        .connect()
+        .call("jobs.get", json!({ "job_id": job_id }))
+        .result()
+        .clone();
+    assert_eq!(after["state"], "succeeded", "{point}: {after}");
+    assert_eq!(
+        after["phase"], before["phase"],
+        "{point}: {before} then {after}"
+    );
+    assert_ne!(after["phase"], "preflight", "{point}: {after}");
+    for key in ["started_unix", "finished_unix"] {
+        let (was, is) = (before[key].as_f64(), after[key].as_f64());
+        assert!(
+            was.zip(is).is_some_and(|(was, is)| (was - is).abs() < 0.01),
+            "{point}: {key} {was:?} then {is:?}"
+        );
+    }
     common::engine::remove(&common::engine::store(ceph), "images", &image);
 }
 

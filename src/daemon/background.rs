@@ -111,7 +111,10 @@ impl Daemon {
     /// Journal a job's end (what `request_id` retries and `jobs.get` find
     /// after a restart).
     pub async fn journal_end(&self, new: &NewJob, outcome: &Result<Value, RpcError>) {
+        let (started, phase) = self.jobs.timeline(&new.job_id).unzip();
         let end = Record::End {
+            started,
+            phase,
             job_id: new.job_id.clone(),
             request_id: new.request_id.clone(),
             params: new.params.clone(),

@@ -80,6 +80,17 @@ pub struct JobRecord {
     answered: Arc<watch::Sender<Option<Result<Value, RpcError>>>>,
 }
 
+/// A finished job's times and last phase, as its journalled end says.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeline {
+    /// Unix seconds it started.
+    pub started: f64,
+    /// Unix seconds it ended.
+    pub ended: f64,
+    /// Its last phase, when known.
+    pub phase: Option<Phase>,
+}
+
 /// A new request for a job, as the registry sees it.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -285,11 +296,14 @@ impl Jobs {
         &self,
         new: NewJob,
         outcome: Result<Value, RpcError>,
-        at: f64,
+        timeline: Timeline,
         recovery: Vec<String>,
     ) {
         let mut record = JobRecord::new(new, JobState::Running);
-        record.started_unix = at;
+        record.started_unix = timeline.started;
+        if let Some(phase) = timeline.phase {
+            record.phase = phase;
+        }
         record.recovery = recovery;
         let job_id = record.job_id.clone();
         // a background job whose flatten failed: the image exists (its result
@@ -310,6 +324,17 @@ impl Jobs {
         Self::replace(&mut inner, record);
         drop(inner);
         self.finish(&job_id, &outcome);
+        if let Some(job) = self.lock().jobs.get_mut(&job_id) {
+            job.finished_unix = Some(timeline.ended);
+        }
+    }
+
+    /// When a job started and its last phase, for its journalled end.
+    pub fn timeline(&self, job_id: &str) -> Option<(f64, Phase)> {
+        self.lock()
+            .jobs
+            .get(job_id)
+            .map(|job| (job.started_unix, job.phase))
     }
 
     /// Record a job's progress; whether its requester still waits for the

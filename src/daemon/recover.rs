@@ -14,11 +14,11 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::background::{self, AfterAnswer};
-use super::jobs::{now_unix, NewJob};
+use super::jobs::{now_unix, NewJob, Timeline};
 use super::Daemon;
 use crate::journal::{Outcome, Record};
 use crate::recovery::{self, Recovered, Trail};
-use crate::snapshot::JobHooks;
+use crate::snapshot::{JobHooks, Phase};
 
 /// How often pending recovery is retried.
 const RETRY: Duration = Duration::from_secs(2);
@@ -65,13 +65,19 @@ impl Daemon {
                 params,
                 at,
                 outcome,
+                started,
+                phase,
                 ..
             } = record
             {
                 self.jobs.load_ended(
                     new_job(&job_id, request_id, &params, ""),
                     outcome_of(outcome),
-                    at,
+                    Timeline {
+                        started: started.unwrap_or(at),
+                        ended: at,
+                        phase,
+                    },
                     Vec::new(),
                 );
             }
@@ -221,20 +227,32 @@ impl Daemon {
             &trail.params,
             &trail.domain_uuid,
         );
+        let phase = match outcome {
+            Outcome::Ok(_) => Phase::Finish,
+            Outcome::Error(_) => Phase::Rollback,
+        };
+        let now = now_unix();
         let end = Record::End {
+            started: Some(trail.started),
+            phase: Some(phase),
             job_id: trail.job_id.clone(),
             request_id: trail.request_id.clone(),
             params: trail.params.clone(),
             domain: new.domain.clone(),
             image: new.image.clone(),
-            at: now_unix(),
+            at: now,
             outcome: outcome.clone(),
         };
         if let Err(e) = self.journal.append_async(end).await {
             tracing::error!(job_id = %trail.job_id, error = %e, "could not journal a recovered job's end");
         }
+        let timeline = Timeline {
+            started: trail.started,
+            ended: now,
+            phase: Some(phase),
+        };
         self.jobs
-            .load_ended(new, outcome_of(outcome), now_unix(), actions);
+            .load_ended(new, outcome_of(outcome), timeline, actions);
         self.recovery.done(&trail.job_id, true);
     }
 

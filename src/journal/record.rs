@@ -60,6 +60,12 @@ pub enum Record {
         at: f64,
         /// What the job answered.
         outcome: Outcome,
+        /// Unix seconds it started (absent in journals of 0.1.0 before it).
+        #[serde(default)]
+        started: Option<f64>,
+        /// Its last phase (absent likewise).
+        #[serde(default)]
+        phase: Option<crate::snapshot::Phase>,
     },
     /// A thaw guard was armed on a domain: its guest may be frozen until
     /// an [`Record::Unguard`] for it. Outlives the job's end.

@@ -19,6 +19,8 @@ fn end(job: &str) -> Record {
         image: "img".into(),
         at: 0.0,
         outcome: Outcome::Ok(serde_json::Value::Null),
+        started: None,
+        phase: None,
     }
 }
 
@@ -195,4 +197,25 @@ fn a_short_write_is_cut_back_so_the_next_start_reads_the_journal() {
     let jobs: Vec<&str> = records.iter().map(Record::job_id).collect();
     assert_eq!(jobs, ["a", "b"]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_end_written_before_timelines_were_kept_still_reads() {
+    let old = r#"{"kind":"end","job_id":"j","request_id":null,"params":null,"domain":"vm","image":"img","at":5.0,"outcome":{"ok":null}}"#;
+    let line = format!("{:08x} {old}", crc32(old.as_bytes()));
+    let record = Record::from_line(line.as_bytes()).expect("an old end record");
+    assert!(matches!(
+        record,
+        Record::End {
+            started: None,
+            phase: None,
+            ..
+        }
+    ));
+    let mut new = end("j");
+    if let Record::End { started, phase, .. } = &mut new {
+        (*started, *phase) = (Some(1.0), Some(crate::snapshot::Phase::Flatten));
+    }
+    let line = new.to_line().expect("line");
+    assert_eq!(Record::from_line(line.trim_end().as_bytes()), Some(new));
 }

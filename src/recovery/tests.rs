@@ -31,6 +31,7 @@ fn trail(steps: Vec<Step>, flatten: &str) -> Trail {
         domain_uuid: "uuid".into(),
         client_addr: Some("10.0.0.1:0/1".into()),
         steps,
+        started: 0.0,
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Trail {
     pub client_addr: Option<String>,
     /// Steps recorded, oldest first.
     pub steps: Vec<Step>,
+    /// Unix seconds the request was accepted.
+    pub started: f64,
 }
 
 impl Trail {
@@ -81,7 +83,7 @@ pub fn split(records: Vec<Record>) -> (Vec<Trail>, Vec<Record>) {
                 params,
                 domain_uuid,
                 client_addr,
-                ..
+                at,
             } => trails.push(Trail {
                 job_id,
                 request_id,
@@ -89,6 +91,7 @@ pub fn split(records: Vec<Record>) -> (Vec<Trail>, Vec<Record>) {
                 domain_uuid,
                 client_addr,
                 steps: Vec::new(),
+                started: at,
             }),
             Record::Step { job_id, step } => {
                 if let Some(trail) = trails.iter_mut().find(|t| t.job_id == job_id) {

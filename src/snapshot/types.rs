@@ -114,7 +114,7 @@ pub enum Consistency {
 }
 
 /// Workflow phases, as progress reports name them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Checking before touching the guest.
