@@ -555,3 +555,58 @@ fn peers_not_allowed_are_refused_and_allowed_ones_served() {
         "supplementary groups not listed",
     );
 }
+
+/// The daemon's resident memory, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_client_that_pipelines_and_never_reads_does_not_grow_the_daemon() {
+    use std::io::Write;
+    let Some(bed) = daemon::bed() else { return };
+    let d = bed.start("");
+    let pid = d.pid();
+    let before = rss_kib(pid);
+    // 200 000 requests (jobs.list answers are the biggest cheap ones), never
+    // reading an answer: the daemon stops reading once its bounded output
+    // queue and in-flight slots are full, so the writer blocks in the end
+    let stream = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+    stream
+        .set_write_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let line = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"daemon.status\"}\n";
+    let mut sent = 0usize;
+    for _ in 0..200_000 {
+        if writer.write_all(line).is_err() {
+            break; // back-pressure reached us: the daemon stopped reading
+        }
+        sent += 1;
+    }
+    let during = rss_kib(pid);
+    // the daemon still serves everyone else, promptly
+    let started = std::time::Instant::now();
+    assert_eq!(d.status()["version"], env!("CARGO_PKG_VERSION"));
+    let status_ms = started.elapsed().as_millis();
+    eprintln!(
+        "never-reading client: {sent} requests written before back-pressure; \
+         daemon RSS {before} KiB before, {during} KiB while it waits; \
+         another client's daemon.status in {status_ms} ms"
+    );
+    assert!(sent < 200_000, "the daemon read everything without bound");
+    assert!(
+        during < before + 64 * 1024,
+        "RSS grew from {before} KiB to {during} KiB"
+    );
+    drop(writer);
+    drop(stream);
+    // the stuck connection goes away with its client
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(d.status()["version"], env!("CARGO_PKG_VERSION"));
+}

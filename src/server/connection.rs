@@ -26,6 +26,14 @@ enum Next {
     Eof,
 }
 
+/// Requests of one connection being worked on (answers not yet queued for
+/// writing) before the daemon stops reading from it.
+const MAX_IN_FLIGHT: usize = 32;
+
+/// Lines queued for writing to one connection: with [`MAX_IN_FLIGHT`], what
+/// bounds the memory a client that never reads can make the daemon hold.
+const OUTPUT_QUEUE: usize = 32;
+
 pub(super) async fn serve(
     stream: UnixStream,
     shared: Arc<Shared>,
@@ -38,7 +46,7 @@ pub(super) async fn serve(
         super::peer::peer_groups(stream.as_fd()).unwrap_or_default()
     };
     let (read, write) = stream.into_split();
-    let (out, queue) = mpsc::unbounded_channel::<String>();
+    let (out, queue) = mpsc::channel::<String>(OUTPUT_QUEUE);
     let writer = tokio::spawn(write_lines(write, queue));
     let allowed = cred.is_some_and(|c| shared.access.allows(c.uid(), c.gid(), &groups));
     if !allowed {
@@ -56,7 +64,8 @@ pub(super) async fn serve(
         send(
             &out,
             &Response::err(Value::Null, RpcError::new(ErrorKind::PermissionDenied, msg)),
-        );
+        )
+        .await;
     } else {
         read_requests(read, &shared, &out, &mut shutdown).await;
     }
@@ -67,7 +76,7 @@ pub(super) async fn serve(
 async fn read_requests(
     read: OwnedReadHalf,
     shared: &Arc<Shared>,
-    out: &mpsc::UnboundedSender<String>,
+    out: &mpsc::Sender<String>,
     shutdown: &mut watch::Receiver<bool>,
 ) {
     let mut reader = BufReader::new(read);
@@ -75,6 +84,11 @@ async fn read_requests(
     let mut in_flight = JoinSet::new();
     loop {
         while in_flight.try_join_next().is_some() {}
+        // back-pressure: a client that sends without reading its answers
+        // is not read from until some are written out
+        while in_flight.len() >= MAX_IN_FLIGHT {
+            in_flight.join_next().await;
+        }
         let next = tokio::select! {
             next = tokio::time::timeout(shared.idle, next_line(&mut reader, &mut buf, shared.max_line)) => next,
             _ = shutdown.changed() => break,
@@ -91,7 +105,8 @@ async fn read_requests(
                 send(
                     out,
                     &Response::err(Value::Null, RpcError::new(ErrorKind::RequestTooLarge, msg)),
-                );
+                )
+                .await;
                 break;
             }
             Ok(Ok(Next::Line(line))) if line.iter().all(u8::is_ascii_whitespace) => {}
@@ -132,7 +147,7 @@ async fn next_line(
     }
 }
 
-async fn write_lines(mut write: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<String>) {
+async fn write_lines(mut write: OwnedWriteHalf, mut queue: mpsc::Receiver<String>) {
     while let Some(line) = queue.recv().await {
         if write.write_all(line.as_bytes()).await.is_err() {
             return;
@@ -141,43 +156,43 @@ async fn write_lines(mut write: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiv
     let _ = write.shutdown().await;
 }
 
-fn send<T: serde::Serialize>(out: &mpsc::UnboundedSender<String>, message: &T) {
+async fn send<T: serde::Serialize>(out: &mpsc::Sender<String>, message: &T) {
     if let Ok(mut line) = serde_json::to_string(message) {
         line.push('\n');
-        let _ = out.send(line);
+        let _ = out.send(line).await;
     }
 }
 
 /// One request: parse fully, validate, act, answer.
-async fn handle_line(line: Vec<u8>, shared: Arc<Shared>, out: mpsc::UnboundedSender<String>) {
+async fn handle_line(line: Vec<u8>, shared: Arc<Shared>, out: mpsc::Sender<String>) {
     let (echo, call) = match parse(&line) {
         Ok(parsed) => parsed,
         Err(refused) => {
             let (echo, error) = *refused;
             shared.daemon.stats.answered(true);
-            send_echo(&out, &echo, &Response::err(echo.id.clone(), error));
+            send_echo(&out, &echo, &Response::err(echo.id.clone(), error)).await;
             return;
         }
     };
     let (progress_out, progress_echo) = (out.clone(), echo.clone());
+    // progress is best effort: when the client does not read, notes that
+    // find the queue full are dropped (the answer never is)
     let notify: Notify = Arc::new(move |params| {
-        send_echo(
-            &progress_out,
-            &progress_echo,
-            &Notification::progress(params),
-        )
+        if let Some(line) = progress_echo.line(&Notification::progress(params)) {
+            let _ = progress_out.try_send(line);
+        }
     });
     let id = echo.id.clone();
     let response = match shared.daemon.handle(call, id.clone(), notify).await {
         Ok(result) => Response::ok(id, result),
         Err(error) => Response::err(id, error),
     };
-    send_echo(&out, &echo, &response);
+    send_echo(&out, &echo, &response).await;
 }
 
-fn send_echo<T: serde::Serialize>(out: &mpsc::UnboundedSender<String>, echo: &IdEcho, message: &T) {
+async fn send_echo<T: serde::Serialize>(out: &mpsc::Sender<String>, echo: &IdEcho, message: &T) {
     if let Some(line) = echo.line(message) {
-        let _ = out.send(line);
+        let _ = out.send(line).await;
     }
 }
 

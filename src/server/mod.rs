@@ -66,8 +66,33 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: watch:
         }
     }
     drop(listener);
-    while connections.join_next().await.is_some() {}
+    // every answer goes out — to clients that read them: once the jobs are
+    // over, a connection still stuck writing gets a few seconds, then closes
+    let mut drained = false;
+    {
+        let all = async { while connections.join_next().await.is_some() {} };
+        let jobs_over = async {
+            shared.daemon.jobs.wait_idle().await;
+            tokio::time::sleep(FLUSH_AT_STOP).await;
+        };
+        tokio::select! {
+            _ = all => drained = true,
+            _ = jobs_over => {}
+        }
+    }
+    if !drained {
+        tracing::warn!(
+            connections = connections.len(),
+            "closing connections whose clients do not read their answers"
+        );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
 }
+
+/// At a stop, how long connections may take to write their last answers
+/// once no job runs.
+const FLUSH_AT_STOP: Duration = Duration::from_secs(5);
 
 /// Past the connection limit: say so, then close.
 async fn refuse(mut stream: tokio::net::UnixStream) {
