@@ -566,6 +566,58 @@ fn a_busy_domain_is_waited_for_when_asked() {
         json!({"domain": "rbdsnapd-test-12", "image": common::unique("busy-x")}),
     );
     refused.assert_error(1024, "busy", "a second snapshot of a busy domain");
+
+    // waiting requests are jobs at once: listed in line, cancellable, and
+    // never started once their client is gone
+    let queued_job = |image: &str| -> Value {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let jobs = d.connect().call("jobs.list", json!({}));
+            let found = jobs.result()["jobs"]
+                .as_array()
+                .and_then(|jobs| jobs.iter().find(|j| j["image"] == image).cloned());
+            if let Some(job) = found {
+                return job;
+            }
+            assert!(Instant::now() < until, "{image} never listed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let cancelled = common::unique("busy-cancelled");
+    let mut waiter = d.connect();
+    let cancelled_id = waiter.fresh_id();
+    waiter.send_request(
+        &cancelled_id,
+        "snapshot.create",
+        json!({"domain": "rbdsnapd-test-12", "image": cancelled, "on_busy": "wait"}),
+    );
+    let job = queued_job(&cancelled);
+    assert_eq!(
+        (
+            job["state"].as_str(),
+            job["phase"].as_str(),
+            job["position"].as_u64()
+        ),
+        (Some("running"), Some("queued"), Some(1)),
+        "{job}"
+    );
+    assert_eq!(job["waiting_for_domain"], true, "{job}");
+    cancel_job(&d, job["job_id"].as_str().expect("job_id"));
+    waiter
+        .wait_for(&cancelled_id)
+        .assert_error(1026, "cancelled", "a queued request cancelled");
+    let gone = common::unique("busy-gone");
+    {
+        let mut client = d.connect();
+        let gone_id = client.fresh_id();
+        client.send_request(
+            &gone_id,
+            "snapshot.create",
+            json!({"domain": "rbdsnapd-test-12", "image": gone, "on_busy": "wait"}),
+        );
+        queued_job(&gone);
+    } // the client goes away while its request waits
+
     let second = common::unique("busy-2");
     let waited = d.connect().call(
         "snapshot.create",
@@ -578,4 +630,13 @@ fn a_busy_domain_is_waited_for_when_asked() {
         assert_image(&bed.ceph, source, image, true);
         delete(&d, image);
     }
+    for never in [&cancelled, &gone] {
+        assert!(
+            !bed.ceph.exists(&format!("images/{never}")),
+            "{never} was made"
+        );
+    }
+    let job = queued_job(&gone);
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["error"]["data"]["kind"], "cancelled", "{job}");
 }

@@ -46,7 +46,7 @@ pub(super) async fn snapshot_create(
         Some(policy) => policy == "wait",
         None => daemon.config.snapshot.on_busy == OnBusy::Wait,
     };
-    let (cancel, answered) = match start_or_wait(daemon, &new, wait).await? {
+    let (cancel, answered) = match start_or_wait(daemon, &new, wait, &request_id, &notify).await? {
         Start::Run(cancel, answered) => (cancel, answered),
         Start::Done(result) => return Ok(result),
         Start::Join(answered) => return join(answered).await,
@@ -86,20 +86,69 @@ pub(super) async fn snapshot_create(
     join(answered).await
 }
 
-/// Register the job; with `wait`, a busy domain is waited for (in arrival
-/// order of the domain's jobs ending) instead of refused.
-async fn start_or_wait(daemon: &Daemon, new: &NewJob, wait: bool) -> Result<Start, RpcError> {
+/// Register the job; with `wait`, a busy domain is waited for instead of
+/// refused: the job is listed at once (phase `queued`, its place in line in
+/// `position`, a progress note gives its id) and can be cancelled; it
+/// starts when the domain is free and it is first in line, and never once
+/// its client has gone or the daemon is stopping.
+async fn start_or_wait(
+    daemon: &Daemon,
+    new: &NewJob,
+    wait: bool,
+    request_id: &Value,
+    notify: &Notify,
+) -> Result<Start, RpcError> {
+    match daemon.jobs.start(new.clone()) {
+        Err(e) if wait && e.kind() == ErrorKind::Busy => {}
+        other => return other,
+    }
+    let cancel = daemon.jobs.enqueue(new.clone());
     loop {
         let changed = daemon.jobs.changed();
-        match daemon.jobs.start(new.clone()) {
-            Err(e) if wait && e.kind() == ErrorKind::Busy => {
-                daemon.refuse_if_shutting_down()?;
-                changed.await;
-            }
-            other => return other,
+        let position = match daemon.jobs.start_queued(&new.job_id) {
+            Ok(start) => return Ok(start),
+            Err(position) => position,
+        };
+        // also how a client that went away is noticed: the note fails
+        let here = notify(ProgressParams {
+            id: request_id.clone(),
+            job_id: new.job_id.clone(),
+            phase: "queued".into(),
+            done: 0,
+            total: 0,
+            position: Some(position),
+        });
+        let why = if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            Some(RpcError::new(
+                ErrorKind::Cancelled,
+                "cancelled while waiting for the domain; nothing was done",
+            ))
+        } else if daemon.refuse_if_shutting_down().is_err() {
+            Some(RpcError::new(
+                ErrorKind::ShuttingDown,
+                "the daemon is stopping; the queued request was not started",
+            ))
+        } else if !here {
+            Some(RpcError::new(
+                ErrorKind::Cancelled,
+                "the client went away while the request waited for its domain; not started",
+            ))
+        } else {
+            None
+        };
+        if let Some(error) = why {
+            daemon.jobs.finish(&new.job_id, &Err(error.clone()));
+            return Err(error);
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep(QUEUED_CHECK) => {}
         }
     }
 }
+
+/// How often a queued request checks its client and the daemon's stop.
+const QUEUED_CHECK: Duration = Duration::from_secs(1);
 
 /// The domain's UUID: one job per domain, whatever name the caller used.
 async fn lookup_uuid(

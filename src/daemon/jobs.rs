@@ -51,9 +51,14 @@ pub struct JobRecord {
     pub done: u64,
     /// Units in that phase.
     pub total: u64,
-    /// In phase `queued`: the place in the host's flatten queue, 1 = next.
+    /// In phase `queued`: the place in the host's flatten queue, or in the
+    /// line for its busy domain (`waiting_for_domain`), 1 = next.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
+    /// Queued behind another job of its domain (`on_busy: "wait"`): holds
+    /// no domain yet, has not started.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub waiting_for_domain: bool,
     /// Start time, Unix seconds.
     pub started_unix: f64,
     /// End time, Unix seconds.
@@ -152,6 +157,7 @@ impl JobRecord {
             done: 0,
             total: 0,
             position: None,
+            waiting_for_domain: false,
             started_unix: now_unix(),
             finished_unix: None,
             result: None,
@@ -219,6 +225,59 @@ impl Jobs {
         Ok(started)
     }
 
+    /// A request for a busy domain that waits (`on_busy: "wait"`): listed
+    /// and cancellable at once, holding no domain until [`Jobs::start_queued`].
+    pub fn enqueue(&self, new: NewJob) -> CancelFlag {
+        let mut record = JobRecord::new(new, JobState::Running);
+        record.phase = Phase::Queued;
+        record.waiting_for_domain = true;
+        let cancel = record.cancel.clone();
+        let mut inner = self.lock();
+        inner.jobs.insert(record.job_id.clone(), record);
+        Self::renumber_queue(&mut inner);
+        cancel
+    }
+
+    /// Start a waiting job if its domain is free and it is the first in
+    /// line for it; its place in line otherwise.
+    pub fn start_queued(&self, job_id: &str) -> Result<Start, u64> {
+        let mut inner = self.lock();
+        let Some(job) = inner.jobs.get(job_id) else {
+            return Err(0);
+        };
+        let (domain, position) = (job.domain_uuid.clone(), job.position.unwrap_or(1));
+        if position != 1 || inner.busy_domains.contains(&domain) {
+            return Err(position);
+        }
+        inner.busy_domains.insert(domain);
+        let Some(job) = inner.jobs.get_mut(job_id) else {
+            return Err(0);
+        };
+        (job.waiting_for_domain, job.phase, job.position) = (false, Phase::Preflight, None);
+        let started = Start::Run(job.cancel.clone(), job.answered.subscribe());
+        Self::renumber_queue(&mut inner);
+        Ok(started)
+    }
+
+    /// Places in line per domain, oldest first.
+    fn renumber_queue(inner: &mut Inner) {
+        let mut waiting: Vec<(f64, String, String)> = inner
+            .jobs
+            .values()
+            .filter(|j| j.waiting_for_domain && j.state == JobState::Running)
+            .map(|j| (j.started_unix, j.domain_uuid.clone(), j.job_id.clone()))
+            .collect();
+        waiting.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut places: HashMap<String, u64> = HashMap::new();
+        for (_, domain, job_id) in waiting {
+            let place = places.entry(domain).or_insert(0);
+            *place += 1;
+            if let Some(job) = inner.jobs.get_mut(&job_id) {
+                job.position = Some(*place);
+            }
+        }
+    }
+
     /// A job a previous run left unfinished, registered at start (before
     /// READY) while recovery works on it: `jobs.get` finds it, a retry of
     /// its request_id joins it, and its domain is busy until it ends.
@@ -282,7 +341,11 @@ impl Jobs {
         if job.state == JobState::Running {
             job.cancel.store(true, Ordering::SeqCst);
         }
-        Some(job.state)
+        let state = job.state;
+        drop(inner);
+        // a job waiting for its domain wakes to see it
+        self.ended.notify_waiters();
+        Some(state)
     }
 
     /// Wake when a job ends or answers (a domain may be free again).
@@ -368,8 +431,12 @@ impl Jobs {
                 true
             }
         });
-        let domain = job.domain_uuid.clone();
-        inner.busy_domains.remove(&domain);
+        let (domain, held) = (job.domain_uuid.clone(), !job.waiting_for_domain);
+        job.waiting_for_domain = false;
+        if held {
+            inner.busy_domains.remove(&domain);
+        }
+        Self::renumber_queue(&mut inner);
         inner.finished.push_back(job_id.to_string());
         while inner.finished.len() > KEEP_FINISHED {
             if let Some(old) = inner.finished.pop_front() {

@@ -28,8 +28,9 @@ use crate::journal::Journal;
 use crate::protocol::{Call, ErrorKind, ProgressParams, RpcError};
 use crate::snapshot::{FlattenSlots, GuardLog, Settings, StepLog, ThawGuards};
 
-/// Where a request's progress notifications go (the request's connection).
-pub type Notify = Arc<dyn Fn(ProgressParams) + Send + Sync>;
+/// Where a request's progress notifications go (the request's connection);
+/// `false` once that connection is gone.
+pub type Notify = Arc<dyn Fn(ProgressParams) -> bool + Send + Sync>;
 
 /// Everything the methods share.
 #[derive(Debug)]

@@ -178,9 +178,14 @@ async fn handle_line(line: Vec<u8>, shared: Arc<Shared>, out: mpsc::Sender<Strin
     // progress is best effort: when the client does not read, notes that
     // find the queue full are dropped (the answer never is)
     let notify: Notify = Arc::new(move |params| {
-        if let Some(line) = progress_echo.line(&Notification::progress(params)) {
-            let _ = progress_out.try_send(line);
-        }
+        let Some(line) = progress_echo.line(&Notification::progress(params)) else {
+            return true;
+        };
+        // closed: the writer stopped, the client is gone
+        !matches!(
+            progress_out.try_send(line),
+            Err(mpsc::error::TrySendError::Closed(_))
+        )
     });
     let id = echo.id.clone();
     let response = match shared.daemon.handle(call, id.clone(), notify).await {
