@@ -81,6 +81,11 @@ pub struct Config {
     pub host_name: Option<String>,
     /// Also delete images another host's daemon made.
     pub delete_any_host: bool,
+    /// Where to keep the Prometheus textfile (node_exporter's textfile
+    /// collector); unset: none is written.
+    pub metrics_textfile: Option<PathBuf>,
+    /// How often the textfile is rewritten (also at the end of each job).
+    pub metrics_interval_secs: f64,
     /// libvirt settings.
     pub libvirt: LibvirtConfig,
     /// Ceph settings.
@@ -219,6 +224,8 @@ impl Default for Config {
             shutdown_grace_secs: 30.0,
             host_name: None,
             delete_any_host: false,
+            metrics_textfile: None,
+            metrics_interval_secs: 15.0,
             libvirt: LibvirtConfig::default(),
             ceph: CephConfig::default(),
             snapshot: SnapshotConfig::default(),
@@ -293,12 +300,20 @@ impl Config {
             return bad(format!("socket {:?} must be an absolute path", self.socket));
         }
         self.socket_mode_bits()?;
+        if let Some(path) = &self.metrics_textfile {
+            if !path.is_absolute() || path.file_name().is_none() {
+                return bad(format!(
+                    "metrics_textfile {path:?} must be an absolute file path"
+                ));
+            }
+        }
         if self.max_connections == 0 || self.max_line_bytes < 1024 {
             return bad("max_connections must be > 0 and max_line_bytes >= 1024".into());
         }
         for (name, secs, max) in [
             ("idle_timeout_secs", self.idle_timeout_secs, 86_400.0),
             ("shutdown_grace_secs", self.shutdown_grace_secs, 3600.0),
+            ("metrics_interval_secs", self.metrics_interval_secs, 3600.0),
             (
                 "libvirt.agent_timeout_secs",
                 self.libvirt.agent_timeout_secs,

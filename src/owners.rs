@@ -215,6 +215,8 @@ pub static FLATTEN: LazyLock<Owner> = LazyLock::new(|| Owner::new("flatten", 64,
 pub static MANAGER: LazyLock<Owner> = LazyLock::new(|| Owner::new("manager", 4, 2));
 /// Journal appends, fsyncs and compaction.
 pub static JOURNAL: LazyLock<Owner> = LazyLock::new(|| Owner::new("journal", 4, 1));
+/// Writes of the metrics textfile: one at a time, never the journal's.
+pub static METRICS: LazyLock<Owner> = LazyLock::new(|| Owner::new("metrics", 1, 1));
 
 /// Run a journal write on the journal's owner. No deadline to abandon it
 /// at (a write not known durable must not be acted upon), but never on an
@@ -232,8 +234,8 @@ where
 }
 
 /// Every owner, for `daemon.status`.
-pub fn all() -> [&'static Owner; 6] {
-    [&LIBVIRT, &THAW, &CEPH, &FLATTEN, &MANAGER, &JOURNAL]
+pub fn all() -> [&'static Owner; 7] {
+    [&LIBVIRT, &THAW, &CEPH, &FLATTEN, &MANAGER, &JOURNAL, &METRICS]
 }
 
 #[cfg(test)]

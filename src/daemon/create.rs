@@ -209,7 +209,6 @@ async fn run_job(
         .ok()
         .filter(|r| r.frozen_filesystems > 0)
         .map(|r| r.timings.freeze_window_ms);
-    daemon.stats.snapshot(outcome.is_ok(), window);
     let wire_outcome = match &outcome {
         Ok(result) => {
             tracing::info!(
@@ -227,6 +226,9 @@ async fn run_job(
             Err(wire::snapshot_error(err, &job_id))
         }
     };
+    let failed = wire_outcome.as_ref().err().map(|e| e.kind().as_str());
+    daemon.stats.snapshot(failed, window);
+    daemon.metrics_changed.notify_one();
     if let (Ok(result), Ok(answer)) = (&outcome, &wire_outcome) {
         if result.flatten.after_answer() {
             daemon.jobs.answer(&job_id, answer.clone());
@@ -307,7 +309,16 @@ fn progress_sink(
 ) -> ProgressSink {
     let (daemon, job_id) = (Arc::clone(daemon), job_id.to_string());
     let last: Mutex<Option<(Phase, Instant)>> = Mutex::new(None);
+    let copied = Mutex::new(0u64);
     Arc::new(move |p: Progress| {
+        if p.phase == Phase::Flatten {
+            // per disk, done climbs to total; a smaller value is the next disk
+            let mut copied = copied.lock().unwrap_or_else(|e| e.into_inner());
+            daemon
+                .stats
+                .flattened(p.done.checked_sub(*copied).unwrap_or(p.done));
+            *copied = p.done;
+        }
         if !daemon.jobs.progress(&job_id, p) {
             // answered: the requester has its result, the rest is for jobs.get
             return;

@@ -8,6 +8,7 @@ mod cancel;
 mod create;
 mod delete;
 mod jobs;
+pub mod metrics;
 mod queries;
 mod recover;
 mod stats;
@@ -55,6 +56,8 @@ pub struct Daemon {
     pub guards: Arc<ThawGuards>,
     /// Jobs' calls abandoned in Ceph that recovery must wait for.
     pub late: Arc<crate::snapshot::saga::LateCalls>,
+    /// Woken at the end of each job (the metrics textfile is rewritten).
+    pub metrics_changed: tokio::sync::Notify,
     started: Instant,
     shutting_down: AtomicBool,
 }
@@ -83,6 +86,7 @@ impl Daemon {
             config,
             jobs: Jobs::default(),
             stats: Stats::default(),
+            metrics_changed: tokio::sync::Notify::new(),
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
         })
@@ -127,6 +131,7 @@ impl Daemon {
             Call::JobsCancel(params) => cancel::jobs_cancel(self, &params.job_id),
             Call::DomainDisks(params) => queries::domain_disks(self, params.domain).await,
             Call::DaemonStatus => queries::daemon_status(self),
+            Call::Metrics => Ok(Value::String(metrics::render(self))),
         };
         self.stats.answered(outcome.is_err());
         outcome

@@ -102,6 +102,8 @@ pub enum Call {
     DomainDisks(DomainParams),
     /// `daemon.status`.
     DaemonStatus,
+    /// `metrics`: the Prometheus text exposition.
+    Metrics,
 }
 
 /// Every method the daemon answers, for `method_not_found` messages.
@@ -113,6 +115,7 @@ pub const METHODS: &[&str] = &[
     "jobs.cancel",
     "domain.disks",
     "daemon.status",
+    "metrics",
 ];
 
 impl Call {
@@ -130,6 +133,7 @@ impl Call {
                 Call::DomainDisks(p)
             }
             "daemon.status" => parse::<NoParams>(params).map(|_| Call::DaemonStatus)?,
+            "metrics" => parse::<NoParams>(params).map(|_| Call::Metrics)?,
             other => {
                 return Err(RpcError::new(
                     ErrorKind::MethodNotFound,

@@ -115,6 +115,8 @@ pub enum Command {
     },
     /// Show the daemon's version, connections, jobs and counters
     Status,
+    /// Print the daemon's metrics in the Prometheus text format
+    Metrics,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

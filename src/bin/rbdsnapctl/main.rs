@@ -113,6 +113,7 @@ fn run(args: &Args) -> Result<(), Box<Failure>> {
         },
         Command::Disks { .. } => render::disks(&result),
         Command::Status => render::status(&result),
+        Command::Metrics => result.as_str().unwrap_or_default().to_string(),
     };
     print_out(&text);
     Ok(())
@@ -181,6 +182,7 @@ fn request(command: &Command) -> (&'static str, Value) {
         Command::Cancel { job_id } => ("jobs.cancel", json!({ "job_id": job_id })),
         Command::Disks { domain } => ("domain.disks", json!({ "domain": domain })),
         Command::Status => ("daemon.status", json!({})),
+        Command::Metrics => ("metrics", json!({})),
     }
 }
 
