@@ -235,7 +235,9 @@ where
 
 /// Every owner, for `daemon.status`.
 pub fn all() -> [&'static Owner; 7] {
-    [&LIBVIRT, &THAW, &CEPH, &FLATTEN, &MANAGER, &JOURNAL, &METRICS]
+    [
+        &LIBVIRT, &THAW, &CEPH, &FLATTEN, &MANAGER, &JOURNAL, &METRICS,
+    ]
 }
 
 #[cfg(test)]

@@ -69,6 +69,10 @@ fn metrics_method_textfile_and_cli_give_what_promtool_accepts() {
         textfile.display().to_string()
     ));
     // written at start, readable by node_exporter's user
+    let until = Instant::now() + Duration::from_secs(5);
+    while !textfile.exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mode = std::fs::metadata(&textfile).map(|m| {
         use std::os::unix::fs::PermissionsExt;
         m.permissions().mode() & 0o777

@@ -9,59 +9,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::vm::{vm, Vm};
+use common::BigDisk;
 use serde_json::{json, Value};
 
 /// The installed unit's WatchdogSec= (kept as shipped).
 const WATCHDOG: Duration = Duration::from_secs(30);
-
-/// A source disk big enough that a one-op-at-a-time flatten from the VM
-/// lasts seconds; shrunk back when dropped.
-struct BigSource<'a> {
-    vm: &'a Vm,
-    image: String,
-}
-
-impl<'a> BigSource<'a> {
-    fn new(vm: &'a Vm, image: &str) -> Self {
-        vm.ceph
-            .rbd(&["resize", "--no-progress", "--size", "512M", image], None);
-        vm.ceph.rbd(
-            &[
-                "bench",
-                "--io-type",
-                "write",
-                "--io-size",
-                "4M",
-                "--io-total",
-                "256M",
-                "--io-pattern",
-                "seq",
-                image,
-            ],
-            None,
-        );
-        BigSource {
-            vm,
-            image: image.to_string(),
-        }
-    }
-}
-
-impl Drop for BigSource<'_> {
-    fn drop(&mut self) {
-        let _ = self.vm.ceph.rbd_output(
-            &[
-                "resize",
-                "--no-progress",
-                "--allow-shrink",
-                "--size",
-                "16M",
-                &self.image,
-            ],
-            None,
-        );
-    }
-}
 
 /// Start a snapshot on its own connection; its phases come through the
 /// channel, its answer (or the client's error) through the handle.
@@ -230,7 +182,9 @@ fn a_stopped_daemon_is_killed_by_the_watchdog_and_the_restart_recovers() {
     vm.ready();
     vm.configure("", "concurrent_management_ops = 1");
     vm.sh("systemctl restart rbdsnapd.service");
-    let source = BigSource::new(&vm, "vms/testdrv-03-vda");
+    // big enough that a one-op-at-a-time flatten from the VM lasts seconds
+    let source = "vms/testdrv-03-vda";
+    let _disk = BigDisk::new(&vm.ceph, source, "512M", "256M");
     let image = common::unique("sysd-watchdog");
     let params = json!({"domain": "rbdsnapd-test-03", "image": image, "pool": "images",
                         "request_id": image});
@@ -264,7 +218,9 @@ fn a_stopped_daemon_is_killed_by_the_watchdog_and_the_restart_recovers() {
             .rposition(pred)
             .unwrap_or_else(|| panic!("line not found in {unit:?}"))
     };
-    let taken = at(&|l| l["_PID"] == new_pid.as_str() && message(l).contains("unfinished jobs"));
+    let taken = at(&|l| {
+        l["_PID"] == new_pid.as_str() && message(l).contains("the journal shows unfinished jobs")
+    });
     let ready = at(&|l| message(l).starts_with("Started rbdsnapd"));
     assert!(taken < ready, "READY came before the journal was read");
     // a retry with the same request_id gives exactly one image
@@ -285,7 +241,7 @@ fn a_stopped_daemon_is_killed_by_the_watchdog_and_the_restart_recovers() {
         "{listed}"
     );
     assert!(
-        snapshots(&vm, &source.image).is_empty(),
+        snapshots(&vm, source).is_empty(),
         "no temporary snapshot left"
     );
     delete(&vm, &image);
@@ -298,7 +254,8 @@ fn systemctl_stop_during_a_job_is_graceful() {
     vm.ready();
     vm.configure("shutdown_grace_secs = 1", "concurrent_management_ops = 1");
     vm.sh("systemctl restart rbdsnapd.service");
-    let source = BigSource::new(&vm, "vms/testdrv-05-vda");
+    let source = "vms/testdrv-05-vda";
+    let _disk = BigDisk::new(&vm.ceph, source, "512M", "256M");
     let image = common::unique("sysd-stop");
     let (phases, job) = start_snapshot(
         &vm,
@@ -315,7 +272,7 @@ fn systemctl_stop_during_a_job_is_graceful() {
     assert_eq!(vm.prop("rbdsnapd.service", "ExecMainStatus"), "0");
     assert!(!vm.ceph.exists(&format!("images/{image}")), "rolled back");
     assert!(
-        snapshots(&vm, &source.image).is_empty(),
+        snapshots(&vm, source).is_empty(),
         "no temporary snapshot left"
     );
     vm.ready();
