@@ -179,9 +179,7 @@ fn job_lines_carry_job_id_domain_and_image_and_levels_map_to_priority() {
 fn a_stopped_daemon_is_killed_by_the_watchdog_and_the_restart_recovers() {
     let _one = Vm::lock();
     let Some(vm) = vm() else { return };
-    vm.ready();
-    vm.configure("", "concurrent_management_ops = 1");
-    vm.sh("systemctl restart rbdsnapd.service");
+    vm.ready_with("", "concurrent_management_ops = 1");
     // big enough that a one-op-at-a-time flatten from the VM lasts seconds
     let source = "vms/testdrv-03-vda";
     let _disk = BigDisk::new(&vm.ceph, source, "512M", "256M");
@@ -251,9 +249,7 @@ fn a_stopped_daemon_is_killed_by_the_watchdog_and_the_restart_recovers() {
 fn systemctl_stop_during_a_job_is_graceful() {
     let _one = Vm::lock();
     let Some(vm) = vm() else { return };
-    vm.ready();
-    vm.configure("shutdown_grace_secs = 1", "concurrent_management_ops = 1");
-    vm.sh("systemctl restart rbdsnapd.service");
+    vm.ready_with("shutdown_grace_secs = 1", "concurrent_management_ops = 1");
     let source = "vms/testdrv-05-vda";
     let _disk = BigDisk::new(&vm.ceph, source, "512M", "256M");
     let image = common::unique("sysd-stop");
@@ -313,7 +309,6 @@ fn the_restart_limit_stops_a_crash_loop_and_status_names_a_degraded_backend() {
     let Some(vm) = vm() else { return };
     vm.ready();
     // a Ceph user without a keyring: the daemon starts (READY), degraded
-    vm.configure("", "");
     vm.sh(
         "sed -i 's/^client_id = .*/client_id = \"nobody-here\"/' /etc/rbdsnapd/rbdsnapd.toml; \
            systemctl restart rbdsnapd.service",

@@ -105,11 +105,13 @@ async fn start_or_wait(
     let cancel = daemon.jobs.enqueue(new.clone());
     loop {
         let changed = daemon.jobs.changed();
-        let position = match daemon.jobs.start_queued(&new.job_id) {
-            Ok(start) => return Ok(start),
-            Err(position) => position,
-        };
-        // also how a client that went away is noticed: the note fails
+        let position = daemon
+            .jobs
+            .get(&new.job_id)
+            .and_then(|job| job.position)
+            .unwrap_or(1);
+        // also how a client that went away is noticed (before each start
+        // attempt): the note finds the connection hung up
         let here = notify(ProgressParams {
             id: request_id.clone(),
             job_id: new.job_id.clone(),
@@ -123,7 +125,7 @@ async fn start_or_wait(
                 ErrorKind::Cancelled,
                 "cancelled while waiting for the domain; nothing was done",
             ))
-        } else if daemon.refuse_if_shutting_down().is_err() {
+        } else if daemon.is_shutting_down() {
             Some(RpcError::new(
                 ErrorKind::ShuttingDown,
                 "the daemon is stopping; the queued request was not started",
@@ -139,6 +141,9 @@ async fn start_or_wait(
         if let Some(error) = why {
             daemon.jobs.finish(&new.job_id, &Err(error.clone()));
             return Err(error);
+        }
+        if let Ok(start) = daemon.jobs.start_queued(&new.job_id) {
+            return Ok(start);
         }
         tokio::select! {
             _ = changed => {}

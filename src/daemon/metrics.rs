@@ -127,32 +127,27 @@ fn snapshots(out: &mut Exposition, daemon: &Daemon) {
 }
 
 fn blocking_calls(out: &mut Exposition) {
-    let owners = crate::owners::all();
-    let labels: Vec<String> = owners
+    let statuses: Vec<(String, crate::owners::OwnerStatus)> = crate::owners::all()
         .iter()
-        .map(|o| format!("owner=\"{}\"", o.name()))
+        .map(|o| (format!("owner=\"{}\"", o.name()), o.status()))
         .collect();
-    let stuck: Vec<(&str, f64)> = owners
-        .iter()
-        .zip(&labels)
-        .map(|(o, l)| (l.as_str(), o.status().stuck as f64))
-        .collect();
+    let per_owner = |value: fn(&crate::owners::OwnerStatus) -> f64| -> Vec<(&str, f64)> {
+        statuses
+            .iter()
+            .map(|(l, s)| (l.as_str(), value(s)))
+            .collect()
+    };
     out.metric(
         "rbdsnapd_blocking_calls_stuck",
         "gauge",
         "Calls into libvirt or Ceph running past their deadline, per backend owner.",
-        &stuck,
+        &per_owner(|s| s.stuck as f64),
     );
-    let abandoned: Vec<(&str, f64)> = owners
-        .iter()
-        .zip(&labels)
-        .map(|(o, l)| (l.as_str(), o.status().abandoned_total as f64))
-        .collect();
     out.metric(
         "rbdsnapd_blocking_calls_abandoned_total",
         "counter",
         "Calls given up at their deadline since start, per backend owner.",
-        &abandoned,
+        &per_owner(|s| s.abandoned_total as f64),
     );
 }
 

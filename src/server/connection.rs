@@ -2,6 +2,7 @@
 //! (bounded in size), each handled in its own task so that several can be in
 //! flight; answers and progress notifications leave through one writer.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -41,9 +42,13 @@ pub(super) async fn serve(
     _slot: OwnedSemaphorePermit,
 ) {
     let cred = stream.peer_cred().ok();
-    let groups = {
+    let (groups, peer) = {
         use std::os::fd::AsFd;
-        super::peer::peer_groups(stream.as_fd()).unwrap_or_default()
+        let groups = super::peer::peer_groups(stream.as_fd()).unwrap_or_default();
+        (
+            groups,
+            stream.as_fd().try_clone_to_owned().ok().map(Arc::new),
+        )
     };
     let (read, write) = stream.into_split();
     let (out, queue) = mpsc::channel::<String>(OUTPUT_QUEUE);
@@ -67,7 +72,7 @@ pub(super) async fn serve(
         )
         .await;
     } else {
-        read_requests(read, &shared, &out, &mut shutdown).await;
+        read_requests(read, &shared, &out, &mut shutdown, peer).await;
     }
     drop(out);
     let _ = writer.await;
@@ -78,6 +83,7 @@ async fn read_requests(
     shared: &Arc<Shared>,
     out: &mpsc::Sender<String>,
     shutdown: &mut watch::Receiver<bool>,
+    peer: Option<Arc<OwnedFd>>,
 ) {
     let mut reader = BufReader::new(read);
     let mut buf = Vec::new();
@@ -111,7 +117,12 @@ async fn read_requests(
             }
             Ok(Ok(Next::Line(line))) if line.iter().all(u8::is_ascii_whitespace) => {}
             Ok(Ok(Next::Line(line))) => {
-                in_flight.spawn(handle_line(line, Arc::clone(shared), out.clone()));
+                in_flight.spawn(handle_line(
+                    line,
+                    Arc::clone(shared),
+                    out.clone(),
+                    peer.clone(),
+                ));
             }
         }
     }
@@ -164,7 +175,12 @@ async fn send<T: serde::Serialize>(out: &mpsc::Sender<String>, message: &T) {
 }
 
 /// One request: parse fully, validate, act, answer.
-async fn handle_line(line: Vec<u8>, shared: Arc<Shared>, out: mpsc::Sender<String>) {
+async fn handle_line(
+    line: Vec<u8>,
+    shared: Arc<Shared>,
+    out: mpsc::Sender<String>,
+    peer: Option<Arc<OwnedFd>>,
+) {
     let (echo, call) = match parse(&line) {
         Ok(parsed) => parsed,
         Err(refused) => {
@@ -178,6 +194,9 @@ async fn handle_line(line: Vec<u8>, shared: Arc<Shared>, out: mpsc::Sender<Strin
     // progress is best effort: when the client does not read, notes that
     // find the queue full are dropped (the answer never is)
     let notify: Notify = Arc::new(move |params| {
+        if peer.as_deref().is_some_and(hung_up) {
+            return false;
+        }
         let Some(line) = progress_echo.line(&Notification::progress(params)) else {
             return true;
         };
@@ -193,6 +212,19 @@ async fn handle_line(line: Vec<u8>, shared: Arc<Shared>, out: mpsc::Sender<Strin
         Err(error) => Response::err(id, error),
     };
     send_echo(&out, &echo, &response).await;
+}
+
+/// Whether the client closed its end entirely (POLLHUP). A client that only
+/// shut down its writing side (`socat` after its input ends) still reads its
+/// answers: that is POLLRDHUP alone, and does not count.
+fn hung_up(socket: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::empty())];
+    poll(&mut fds, PollTimeout::ZERO).is_ok()
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP))
 }
 
 async fn send_echo<T: serde::Serialize>(out: &mpsc::Sender<String>, echo: &IdEcho, message: &T) {

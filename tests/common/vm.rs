@@ -137,10 +137,16 @@ impl Vm {
     /// The package installed and configured for the VM's cluster and
     /// libvirtd (least-privilege Ceph user), its service running.
     pub fn ready(&self) {
+        self.ready_with("", "");
+    }
+
+    /// [`Vm::ready`] with `top` and `ceph` added to the configuration (as
+    /// [`Vm::configure`] takes them).
+    pub fn ready_with(&self, top: &str, ceph: &str) {
         if !self.installed() {
             self.install();
         }
-        self.configure("", "");
+        self.configure(top, ceph);
         self.sh(
             "systemctl reset-failed rbdsnapd.service rbdsnapd.socket 2>/dev/null; \
                  systemctl start rbdsnapd.socket; systemctl restart rbdsnapd.service",
