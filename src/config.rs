@@ -92,6 +92,27 @@ pub struct Config {
     pub ceph: CephConfig,
     /// Snapshot workflow settings.
     pub snapshot: SnapshotConfig,
+    /// Per-caller rules (`[[policy]]`); none: every caller may do everything.
+    pub policy: Vec<PolicyRule>,
+}
+
+/// One `[[policy]]` rule: what the users and groups it names may do. A
+/// caller named by several rules may do what any of them allows.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyRule {
+    /// Users (names or uids) the rule is for.
+    pub users: Vec<String>,
+    /// Groups (names or gids) whose members the rule is for.
+    pub groups: Vec<String>,
+    /// Domain name patterns (`*`, `?`) they may snapshot; unset: any.
+    pub domains: Option<Vec<String>>,
+    /// Destination pools they may write into; unset: any.
+    pub pools: Option<Vec<String>>,
+    /// Whether they may delete images (in `pools`).
+    pub delete: bool,
+    /// Whether they may also delete images another host made.
+    pub delete_any_host: bool,
 }
 
 /// Log output.
@@ -229,6 +250,7 @@ impl Default for Config {
             libvirt: LibvirtConfig::default(),
             ceph: CephConfig::default(),
             snapshot: SnapshotConfig::default(),
+            policy: Vec::new(),
         }
     }
 }
@@ -442,6 +464,7 @@ impl Config {
             flatten_stall: secs(self.snapshot.flatten_stall_secs),
             clone_format: self.clone_format().ok().flatten(),
             host: self.host_name(),
+            allowed_pools: None,
         }
     }
 }

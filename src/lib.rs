@@ -28,6 +28,7 @@
 //! - [`systemd`]: readiness, status, watchdog and socket activation.
 //! - [`config`]: the TOML file and command-line overrides, validated at start.
 //! - [`memory`]: giving the heap back to the kernel after a burst.
+//! - [`policy`]: per-caller rules (domains, pools, deletes).
 //! - [`owners`]: every blocking C call runs through its backend's owner,
 //!   with bounded capacity and a lane reserved for thaws.
 //! - [`client`]: a small blocking client of the socket, for `rbdsnapctl`.
@@ -41,6 +42,7 @@ pub mod libvirt;
 pub mod logging;
 pub mod memory;
 pub mod owners;
+pub mod policy;
 pub mod protocol;
 pub mod rbd;
 pub mod recovery;

@@ -46,7 +46,9 @@ pub async fn run(
     config: Config,
     activated: Option<std::os::unix::net::UnixListener>,
 ) -> Result<(), RunError> {
-    let access = Access::from_config(&config)?;
+    let policy = crate::policy::Policy::from_config(&config)?;
+    let mut access = Access::from_config(&config)?;
+    access.admit(policy.members());
     // first: the lock keeps a second daemon from binding or recovering
     let (journal, records) = Journal::open(&config.state_dir)?;
     let mut term = signal(SignalKind::terminate())
@@ -80,6 +82,7 @@ pub async fn run(
     }
     let shared = Arc::new(Shared {
         access,
+        policy,
         max_line: daemon.config.max_line_bytes,
         idle: Duration::from_secs_f64(daemon.config.idle_timeout_secs),
         daemon: Arc::clone(&daemon),

@@ -288,3 +288,19 @@ fn the_debian_changelog_s_top_entry_is_this_version() {
         "dist/changelog starts with {top:?}, not {expected:?}: add an entry for the new version"
     );
 }
+
+#[test]
+fn example_config_s_policy_rules_parse() {
+    let text = read("dist/rbdsnapd.toml");
+    let (_, example) = text
+        .split_once("# --- Per-caller rule example")
+        .expect("the example config shows [[policy]] rules");
+    let rules: String = example
+        .lines()
+        .filter_map(|l| l.strip_prefix("#     "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg: Config = toml::from_str(&rules).unwrap_or_else(|e| panic!("{rules}\n{e}"));
+    assert_eq!(cfg.policy.len(), 2, "{rules}");
+    assert!(cfg.policy[0].delete, "{rules}");
+}

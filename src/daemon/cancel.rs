@@ -2,14 +2,20 @@
 //! the answer (any flatten mode) the job rolls back: nothing it made is
 //! left. After the answer (`background`, `cluster`) only the flatten stops:
 //! the new image stays whole and usable, not flattened. A job that already
-//! ended is left alone, and the answer says so.
+//! ended is left alone, and the answer says so. A caller held to
+//! `[[policy]]` rules cancels only jobs of the domains they allow.
 
 use serde_json::{json, Value};
 
 use super::Daemon;
+use crate::policy::Scope;
 use crate::protocol::{ErrorKind, RpcError};
 
-pub(super) fn jobs_cancel(daemon: &Daemon, job_id: &str) -> Result<Value, RpcError> {
+pub(super) fn jobs_cancel(daemon: &Daemon, job_id: &str, scope: &Scope) -> Result<Value, RpcError> {
+    // a caller cancels only jobs of domains its rules let it snapshot
+    if let Some(job) = daemon.jobs.get(job_id) {
+        scope.domain(&job.domain_name).map_err(super::denied)?;
+    }
     let Some(state) = daemon.jobs.cancel(job_id) else {
         return Err(RpcError::new(
             ErrorKind::JobNotFound,

@@ -14,10 +14,12 @@ use super::{to_value, wire, Daemon, Notify};
 use crate::config::OnBusy;
 use crate::journal::Record;
 use crate::libvirt::Hypervisor;
+use crate::policy::Scope;
 use crate::protocol::{CreateParams, ErrorKind, ProgressParams, RpcError};
 use crate::rbd::{ImageSpec, ImageStore};
 use crate::snapshot::{
-    self, FlattenMode, JobHooks, Phase, Progress, ProgressSink, QuiescePolicy, SnapshotRequest,
+    self, FlattenMode, JobHooks, Phase, Progress, ProgressSink, QuiescePolicy, Settings,
+    SnapshotRequest,
 };
 
 /// Flatten progress is sent at most this often (plus at its end).
@@ -28,16 +30,22 @@ pub(super) async fn snapshot_create(
     params: CreateParams,
     request_id: Value,
     notify: Notify,
+    scope: &Scope,
 ) -> Result<Value, RpcError> {
     daemon.refuse_if_shutting_down()?;
     let hv = daemon.backends.hypervisor()?;
     let store = daemon.backends.store()?;
-    let domain_uuid = lookup_uuid(daemon, &hv, &params.domain).await?;
+    let (domain_uuid, domain_name) = lookup(daemon, &hv, &params.domain).await?;
+    // the caller's rules: the domain now, the pools once pre-flight has
+    // resolved them (the parent's pool when the request names none)
+    let mut settings = daemon.settings.clone();
+    settings.allowed_pools = scope.domain(&domain_name).map_err(super::denied)?;
     daemon.refuse_if_guarded(&domain_uuid)?;
     let new = NewJob {
         job_id: snapshot::workflow::new_job_id(),
         domain: params.domain.clone(),
         domain_uuid: domain_uuid.clone(),
+        domain_name,
         image: params.image.clone(),
         request_id: params.request_id.clone(),
         params: serde_json::to_value(&params).unwrap_or_default(),
@@ -82,7 +90,8 @@ pub(super) async fn snapshot_create(
     };
     // the job answers through `answered`; with a background flatten it
     // goes on after that, in its own task
-    tokio::spawn(run_job(Arc::clone(daemon), hv, store, req, new, hooks).instrument(span));
+    let job = run_job(Arc::clone(daemon), hv, store, settings, req, new, hooks);
+    tokio::spawn(job.instrument(span));
     join(answered).await
 }
 
@@ -155,19 +164,20 @@ async fn start_or_wait(
 /// How often a queued request checks its client and the daemon's stop.
 const QUEUED_CHECK: Duration = Duration::from_secs(1);
 
-/// The domain's UUID: one job per domain, whatever name the caller used.
-async fn lookup_uuid(
+/// The domain's UUID (one job per domain, whatever name the caller used)
+/// and its name (what `[[policy]]` patterns match).
+async fn lookup(
     daemon: &Daemon,
     hv: &Arc<dyn Hypervisor>,
     domain: &str,
-) -> Result<String, RpcError> {
+) -> Result<(String, String), RpcError> {
     let (hv, name) = (Arc::clone(hv), domain.to_string());
     let deadline = daemon.settings.call_deadline;
     match crate::owners::LIBVIRT
         .call(deadline, move || hv.domain(&name))
         .await
     {
-        Ok(Ok(info)) => Ok(info.uuid),
+        Ok(Ok(info)) => Ok((info.uuid, info.name)),
         Ok(Err(e)) => Err(wire::libvirt_error(&e)),
         Err(late) => Err(wire::late_libvirt(&late)),
     }
@@ -193,17 +203,17 @@ async fn run_job(
     daemon: Arc<Daemon>,
     hv: Arc<dyn Hypervisor>,
     store: Arc<dyn ImageStore>,
+    settings: Settings,
     req: SnapshotRequest,
     new: NewJob,
     hooks: JobHooks,
 ) {
     let job_id = new.job_id.clone();
     tracing::info!(quiesce = ?req.quiesce, flatten = ?req.flatten, disks = ?req.disks, request_id = ?new.request_id, "snapshot started");
-    let settings = &daemon.settings;
     let outcome = snapshot::run(
         hv,
         Arc::clone(&store),
-        settings,
+        &settings,
         &req,
         &job_id,
         hooks.clone(),

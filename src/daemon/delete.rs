@@ -1,12 +1,14 @@
 //! `snapshot.delete`: remove an image this daemon made — and only such an
 //! image, only when nothing depends on it. Every check happens before the
-//! first change, so a refusal changes nothing.
+//! first change, so a refusal changes nothing. A caller held to
+//! `[[policy]]` rules needs one with `delete = true` for the image's pool.
 
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use super::{wire, Daemon};
+use crate::policy::Scope;
 use crate::protocol::{ErrorKind, RpcError};
 use crate::rbd::ImageSpec;
 use crate::snapshot::{FINAL_SNAPSHOT, METADATA_HOST, METADATA_JOB};
@@ -16,8 +18,13 @@ pub(super) async fn snapshot_delete(
     pool: String,
     image: String,
     fsid: Option<String>,
+    scope: &Scope,
 ) -> Result<Value, RpcError> {
     daemon.refuse_if_shutting_down()?;
+    let any_host = scope
+        .delete(&pool)
+        .map_err(super::denied)?
+        .unwrap_or(daemon.config.delete_any_host);
     let store = daemon.backends.store()?;
     if let Some(named) = fsid {
         let ours = store.fsid().map_err(|e| wire::rbd_error(&e))?;
@@ -33,7 +40,7 @@ pub(super) async fn snapshot_delete(
     }
     let spec = ImageSpec::new(pool.clone(), image.clone());
     let deadline = daemon.settings.call_deadline;
-    let this_host = (!daemon.config.delete_any_host).then(|| daemon.settings.host.clone());
+    let this_host = (!any_host).then(|| daemon.settings.host.clone());
     let call = move || -> Result<(), RpcError> {
         let img = store.open(&spec).map_err(|e| wire::rbd_error(&e))?;
         if img
@@ -58,7 +65,8 @@ pub(super) async fn snapshot_delete(
                     ErrorKind::NotOurs,
                     format!(
                         "{spec} was made by host {maker:?}, and this is {this_host:?}: only its \
-                         host deletes it (delete_any_host = true allows more)"
+                         host deletes it (delete_any_host = true, in the configuration or \
+                         the caller's [[policy]] rule, allows more)"
                     ),
                 ));
             }

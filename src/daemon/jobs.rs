@@ -79,6 +79,9 @@ pub struct JobRecord {
     /// The domain's UUID: one running job per domain.
     #[serde(skip)]
     pub domain_uuid: String,
+    /// The domain's name (`[[policy]]` patterns match it).
+    #[serde(skip)]
+    pub domain_name: String,
     /// Published when the job answers, for its requester and retries that
     /// join it.
     #[serde(skip)]
@@ -105,6 +108,9 @@ pub struct NewJob {
     pub domain: String,
     /// Its UUID (the exclusion key).
     pub domain_uuid: String,
+    /// Its name (what `[[policy]]` patterns match); as requested for a job
+    /// restored from the journal.
+    pub domain_name: String,
     /// Image as requested.
     pub image: String,
     /// Idempotency key.
@@ -165,6 +171,7 @@ impl JobRecord {
             cancel: CancelFlag::default(),
             params: new.params,
             domain_uuid: new.domain_uuid,
+            domain_name: new.domain_name,
             answered: Arc::new(watch::channel(None).0),
         }
     }

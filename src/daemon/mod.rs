@@ -26,6 +26,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::journal::Journal;
+use crate::policy::Scope;
 use crate::protocol::{Call, ErrorKind, ProgressParams, RpcError};
 use crate::snapshot::{FlattenSlots, GuardLog, Settings, StepLog, ThawGuards};
 
@@ -112,24 +113,26 @@ impl Daemon {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// Carry out one call; `request_id` and `notify` serve progress.
+    /// Carry out one call for a caller allowed `scope`; `request_id` and
+    /// `notify` serve progress.
     pub async fn handle(
         self: &Arc<Self>,
         call: Call,
         request_id: Value,
         notify: Notify,
+        scope: &Scope,
     ) -> Result<Value, RpcError> {
         let outcome = match call {
             Call::SnapshotCreate(params) => {
-                create::snapshot_create(self, params, request_id, notify).await
+                create::snapshot_create(self, params, request_id, notify, scope).await
             }
             Call::SnapshotDelete { pool, image, fsid } => {
-                delete::snapshot_delete(self, pool, image, fsid).await
+                delete::snapshot_delete(self, pool, image, fsid, scope).await
             }
             Call::JobsList => queries::jobs_list(self),
             Call::JobsGet(params) => queries::jobs_get(self, &params.job_id),
-            Call::JobsCancel(params) => cancel::jobs_cancel(self, &params.job_id),
-            Call::DomainDisks(params) => queries::domain_disks(self, params.domain).await,
+            Call::JobsCancel(params) => cancel::jobs_cancel(self, &params.job_id, scope),
+            Call::DomainDisks(params) => queries::domain_disks(self, params.domain, scope).await,
             Call::DaemonStatus => queries::daemon_status(self),
             Call::Metrics => Ok(Value::String(metrics::render(self))),
         };
@@ -172,4 +175,9 @@ impl Daemon {
 fn to_value<T: serde::Serialize>(value: &T) -> Result<Value, RpcError> {
     serde_json::to_value(value)
         .map_err(|e| RpcError::new(ErrorKind::Internal, format!("result encoding: {e}")))
+}
+
+/// A refusal of the caller's `[[policy]]` rules, on the wire.
+fn denied(why: String) -> RpcError {
+    RpcError::new(ErrorKind::PermissionDenied, why)
 }

@@ -1,11 +1,13 @@
 //! The read-only methods: `jobs.list`, `jobs.get`, `domain.disks`,
-//! `daemon.status`.
+//! `daemon.status` (`domain.disks` only for domains the caller's rules
+//! allow).
 
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use super::{to_value, wire, Daemon};
+use crate::policy::Scope;
 use crate::protocol::{ErrorKind, RpcError};
 use crate::snapshot::preflight::boot_disk;
 
@@ -23,7 +25,11 @@ pub(super) fn jobs_get(daemon: &Daemon, job_id: &str) -> Result<Value, RpcError>
     }
 }
 
-pub(super) async fn domain_disks(daemon: &Arc<Daemon>, domain: String) -> Result<Value, RpcError> {
+pub(super) async fn domain_disks(
+    daemon: &Arc<Daemon>,
+    domain: String,
+    scope: &Scope,
+) -> Result<Value, RpcError> {
     let hv = daemon.backends.hypervisor()?;
     let deadline = daemon.settings.call_deadline;
     let info = match crate::owners::LIBVIRT
@@ -34,6 +40,7 @@ pub(super) async fn domain_disks(daemon: &Arc<Daemon>, domain: String) -> Result
         Ok(Err(e)) => return Err(wire::libvirt_error(&e)),
         Err(late) => return Err(wire::late_libvirt(&late)),
     };
+    scope.domain(&info.name).map_err(super::denied)?;
     let boot = boot_disk(&info).map(|d| d.target.clone());
     let mut value = to_value(&info)?;
     value["boot_disk"] = json!(boot);

@@ -42,6 +42,7 @@ fn new_job(job_id: &str, request_id: Option<String>, params: &Value, domain_uuid
         job_id: job_id.to_string(),
         domain: field("domain"),
         domain_uuid: domain_uuid.to_string(),
+        domain_name: field("domain"),
         image: field("image"),
         request_id,
         params: params.clone(),

@@ -16,6 +16,7 @@ pub fn snapshot_error(err: &SnapshotError, job_id: &str) -> RpcError {
         S::DiskNotFound => ErrorKind::DiskNotFound,
         S::DiskNotRbd => ErrorKind::DiskNotRbd,
         S::PoolNotFound => ErrorKind::PoolNotFound,
+        S::PermissionDenied => ErrorKind::PermissionDenied,
         S::NoDestinationPool => ErrorKind::NoDestinationPool,
         S::ImageExists => ErrorKind::ImageExists,
         S::SnapshotLimit => ErrorKind::SnapshotLimit,

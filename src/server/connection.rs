@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use super::echo::IdEcho;
 use super::Shared;
 use crate::daemon::Notify;
+use crate::policy::{Peer, Scope};
 use crate::protocol::{Call, ErrorKind, Notification, Request, Response, RpcError, JSONRPC};
 
 /// What reading the next request produced.
@@ -64,7 +65,7 @@ pub(super) async fn serve(
             "refused a peer not in allowed_users/allowed_groups"
         );
         let msg = format!(
-            "uid {uid} gid {gid} may not use this socket (see allowed_users and allowed_groups)"
+            "uid {uid} gid {gid} may not use this socket (see allowed_users, allowed_groups and [[policy]])"
         );
         send(
             &out,
@@ -72,7 +73,15 @@ pub(super) async fn serve(
         )
         .await;
     } else {
-        read_requests(read, &shared, &out, &mut shutdown, peer).await;
+        let scope = cred.map(|c| {
+            shared.policy.scope(Peer {
+                uid: c.uid(),
+                gid: c.gid(),
+                groups: &groups,
+            })
+        });
+        let scope = Arc::new(scope.unwrap_or(Scope::Unrestricted));
+        read_requests(read, &shared, &out, &mut shutdown, peer, scope).await;
     }
     drop(out);
     let _ = writer.await;
@@ -84,6 +93,7 @@ async fn read_requests(
     out: &mpsc::Sender<String>,
     shutdown: &mut watch::Receiver<bool>,
     peer: Option<Arc<OwnedFd>>,
+    scope: Arc<Scope>,
 ) {
     let mut reader = BufReader::new(read);
     let mut buf = Vec::new();
@@ -122,6 +132,7 @@ async fn read_requests(
                     Arc::clone(shared),
                     out.clone(),
                     peer.clone(),
+                    Arc::clone(&scope),
                 ));
             }
         }
@@ -180,6 +191,7 @@ async fn handle_line(
     shared: Arc<Shared>,
     out: mpsc::Sender<String>,
     peer: Option<Arc<OwnedFd>>,
+    scope: Arc<Scope>,
 ) {
     let (echo, call) = match parse(&line) {
         Ok(parsed) => parsed,
@@ -207,7 +219,7 @@ async fn handle_line(
         )
     });
     let id = echo.id.clone();
-    let response = match shared.daemon.handle(call, id.clone(), notify).await {
+    let response = match shared.daemon.handle(call, id.clone(), notify, &scope).await {
         Ok(result) => Response::ok(id, result),
         Err(error) => Response::err(id, error),
     };

@@ -28,6 +28,8 @@ pub struct Shared {
     pub daemon: Arc<Daemon>,
     /// Who may call.
     pub access: Access,
+    /// What each caller may do.
+    pub policy: crate::policy::Policy,
     /// Longest request line.
     pub max_line: usize,
     /// Silence after which an idle connection is closed.

@@ -57,6 +57,13 @@ impl Access {
         Ok(access)
     }
 
+    /// Also let these users and groups connect (those `[[policy]]` rules
+    /// name: a rule implies access).
+    pub fn admit(&mut self, (uids, gids): (Vec<u32>, Vec<u32>)) {
+        self.uids.extend(uids);
+        self.gids.extend(gids);
+    }
+
     /// Whether the peer `uid`/`gid`, member of `groups`, may call.
     pub fn allows(&self, uid: u32, gid: u32, groups: &[u32]) -> bool {
         self.uids.contains(&uid)

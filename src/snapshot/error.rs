@@ -21,6 +21,8 @@ pub enum SnapshotErrorKind {
     DiskNotRbd,
     /// The destination pool does not exist.
     PoolNotFound,
+    /// The caller's `[[policy]]` rules do not allow this destination pool.
+    PermissionDenied,
     /// No destination pool: none requested, no parent, no default.
     NoDestinationPool,
     /// The destination image name is taken.

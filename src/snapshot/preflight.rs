@@ -263,6 +263,8 @@ async fn plan_disk(
     let (requested, default) = (req.pool.clone(), settings.default_pool.clone());
     let target_owned = target.to_string();
     let probe_name = dest_name.clone();
+    let allowed = settings.allowed_pools.clone();
+    let refuse = allowed.clone();
     blocking::store("pre-flight", settings.call_deadline, move || {
         let image = store.open(&source)?;
         // Nova's rule: the pool of the image the disk was cloned from
@@ -273,6 +275,8 @@ async fn plan_disk(
         let snapshots = image.snapshots()?.len() as u64;
         let limit = image.snapshot_limit()?;
         let exists = match &pool {
+            // not even probed for a caller that may not write there
+            Some(pool) if !permitted(&allowed, pool) => None,
             Some(pool) if store.pool_exists(pool)? => {
                 Some(store.image_exists(&ImageSpec::new(pool.clone(), probe_name))?)
             }
@@ -288,6 +292,15 @@ async fn plan_disk(
                 format!("no destination pool for disk {target_owned}: the request names none, {} has no parent, and no default pool is configured", image.spec()),
             )
         })?;
+        if !permitted(&refuse, &pool) {
+            return Err(SnapshotError::new(
+                Kind::PermissionDenied,
+                format!(
+                    "the caller may not write into pool {pool} (its [[policy]] rules allow: {})",
+                    refuse.unwrap_or_default().join(", ")
+                ),
+            ));
+        }
         match exists {
             None => Err(SnapshotError::new(Kind::PoolNotFound, format!("destination pool {pool} does not exist"))),
             Some(true) => Err(SnapshotError::new(Kind::ImageExists, format!("image {pool}/{dest_name} already exists"))),
@@ -298,6 +311,13 @@ async fn plan_disk(
             Some(false) => Ok(PlannedDisk { target: target_owned, source: image, dest: ImageSpec::new(pool, dest_name) }),
         }
     })
+}
+
+/// Whether the caller's rules let it write into `pool` (`None`: any pool).
+fn permitted(allowed: &Option<Vec<String>>, pool: &str) -> bool {
+    allowed
+        .as_ref()
+        .is_none_or(|pools| pools.iter().any(|p| p == pool))
 }
 
 /// Decide whether to freeze: `Ok(filesystems)` to freeze, `Err(reason)` for

@@ -20,6 +20,7 @@ fn settings() -> Settings {
         flatten_stall: Duration::from_secs(5),
         clone_format: None,
         host: "host-a".into(),
+        allowed_pools: None,
     }
 }
 
@@ -515,6 +516,31 @@ async fn preflight_refusals_touch_nothing() {
         assert!(fake.log().iter().all(|l| l != "freeze"), "{req:?}");
         assert_untouched(&fake, &format!("{req:?}"));
     }
+}
+
+#[tokio::test]
+async fn a_pool_the_caller_may_not_write_is_refused_before_anything() {
+    let only_vms = Settings {
+        allowed_pools: Some(vec!["vms".into()]),
+        ..settings()
+    };
+    // vda's parent is in images (Nova's rule picks it); vdb's default too
+    for disks in [vec![], vec!["vda".to_string(), "vdb".to_string()]] {
+        let fake = Fake::standard();
+        let req = SnapshotRequest { disks, ..request() };
+        let err = go(&fake, &req, &only_vms).await.expect_err("refused");
+        assert_eq!(err.kind, SnapshotErrorKind::PermissionDenied, "{err}");
+        assert!(err.message.contains("pool images"), "{err}");
+        assert!(fake.log().iter().all(|l| l != "freeze"));
+        assert_untouched(&fake, "pool refused");
+    }
+    let fake = Fake::standard();
+    let req = SnapshotRequest {
+        pool: Some("vms".into()),
+        ..request()
+    };
+    let result = go(&fake, &req, &only_vms).await.expect("allowed pool");
+    assert_eq!(result.disks[0].pool, "vms");
 }
 
 #[tokio::test]

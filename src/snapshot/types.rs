@@ -86,6 +86,9 @@ pub struct Settings {
     pub clone_format: Option<CloneFormat>,
     /// This host's name, recorded on every image made (`rbdsnapd.host`).
     pub host: String,
+    /// The destination pools the caller may write into (its `[[policy]]`
+    /// rules); `None`: any.
+    pub allowed_pools: Option<Vec<String>>,
 }
 
 impl Default for Settings {
@@ -99,6 +102,7 @@ impl Default for Settings {
             flatten_stall: Duration::from_secs(60),
             clone_format: None,
             host: String::new(),
+            allowed_pools: None,
         }
     }
 }

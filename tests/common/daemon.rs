@@ -700,7 +700,7 @@ pub struct Foreign {
 
 /// Run a one-shot client as `uid`/`gid` (a child process, so the daemon
 /// sees those credentials): connect to `socket`, send `line`, read until
-/// the first answer line or EOF (within 10 s).
+/// the answer (after any progress notes) or EOF (within 60 s).
 pub fn call_as(uid: u32, gid: u32, socket: &Path, line: &str) -> Foreign {
     call_as_member(uid, gid, &[], socket, line)
 }
@@ -713,17 +713,29 @@ pub fn call_as_member(uid: u32, gid: u32, groups: &[u32], socket: &Path, line: &
         .map(|g| nix::unistd::Gid::from_raw(*g))
         .collect();
     let script = r##"
-import socket, sys
+import json, socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(10)
+s.settimeout(60)
 s.connect(sys.argv[1])
 try:
     s.sendall(sys.argv[2].encode() + b"\n")
 except (BrokenPipeError, ConnectionResetError):
     pass  # refused peers are answered and cut off without being read
+
+def answered(data):
+    # progress notes may come first: stop at the answer (or anything odd)
+    for line in data.split(b"\n")[:-1]:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return True
+        if "result" in message or "error" in message:
+            return True
+    return False
+
 data = b""
 closed = False
-while b"\n" not in data:
+while not answered(data):
     try:
         chunk = s.recv(65536)
     except ConnectionResetError:

@@ -290,6 +290,7 @@ pub mod engine {
             flatten_stall: Duration::from_secs(60),
             clone_format: None,
             host: "rbdsnapd-tests".into(),
+            allowed_pools: None,
         }
     }
 
