@@ -28,6 +28,8 @@
 //! - [`systemd`]: readiness, status, watchdog and socket activation.
 //! - [`config`]: the TOML file and command-line overrides, validated at start.
 //! - [`memory`]: giving the heap back to the kernel after a burst.
+//! - [`openrpc`]: the protocol as an OpenRPC document, generated from the
+//!   types of [`protocol`] and [`daemon`] (served by `rpc.discover`).
 //! - [`policy`]: per-caller rules (domains, pools, deletes).
 //! - [`owners`]: every blocking C call runs through its backend's owner,
 //!   with bounded capacity and a lane reserved for thaws.
@@ -41,6 +43,7 @@ pub mod journal;
 pub mod libvirt;
 pub mod logging;
 pub mod memory;
+pub mod openrpc;
 pub mod owners;
 pub mod policy;
 pub mod protocol;

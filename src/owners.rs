@@ -50,7 +50,7 @@ pub struct Owner {
 }
 
 /// An owner as `daemon.status` reports it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct OwnerStatus {
     /// Most calls at once.
     pub capacity: usize,

@@ -83,6 +83,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         access,
         policy,
+        document: crate::openrpc::document(),
         max_line: daemon.config.max_line_bytes,
         idle: Duration::from_secs_f64(daemon.config.idle_timeout_secs),
         daemon: Arc::clone(&daemon),

@@ -5,7 +5,7 @@
 //! ended is left alone, and the answer says so. A caller held to
 //! `[[policy]]` rules cancels only jobs of the domains they allow.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::Daemon;
 use crate::policy::Scope;
@@ -26,5 +26,9 @@ pub(super) fn jobs_cancel(daemon: &Daemon, job_id: &str, scope: &Scope) -> Resul
     if cancelling {
         tracing::info!(job_id, "cancel requested");
     }
-    Ok(json!({ "job_id": job_id, "state": state, "cancelling": cancelling }))
+    super::to_value(&super::results::Cancelled {
+        job_id: job_id.to_string(),
+        state,
+        cancelling,
+    })
 }

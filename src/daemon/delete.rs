@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{wire, Daemon};
 use crate::policy::Scope;
@@ -103,7 +103,11 @@ pub(super) async fn snapshot_delete(
     match crate::owners::CEPH.call(deadline, call).await {
         Ok(Ok(())) => {
             tracing::info!(pool = %pool, image = %image, "image deleted");
-            Ok(json!({"pool": pool, "image": image, "deleted": true}))
+            super::to_value(&super::results::Deleted {
+                pool,
+                image,
+                deleted: true,
+            })
         }
         Ok(Err(e)) => Err(e),
         Err(crate::owners::Late::Panicked(msg)) => Err(RpcError::new(

@@ -17,7 +17,7 @@ use crate::snapshot::{CancelFlag, Phase, Progress};
 const KEEP_FINISHED: usize = crate::journal::KEEP_ENDED;
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Still working.
@@ -29,7 +29,7 @@ pub enum JobState {
 }
 
 /// One job as `jobs.get` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct JobRecord {
     /// Id (also in temporary snapshot names and image metadata).
     pub job_id: String,
@@ -64,8 +64,10 @@ pub struct JobRecord {
     /// End time, Unix seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_unix: Option<f64>,
-    /// The result, once succeeded.
+    /// The result, once succeeded (for `background`/`cluster`, from the
+    /// answer on).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::snapshot::SnapshotResult>")]
     pub result: Option<Value>,
     /// The error, once failed.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -11,12 +11,13 @@ mod jobs;
 pub mod metrics;
 mod queries;
 mod recover;
+pub mod results;
 mod stats;
 pub mod wire;
 
 pub use backends::Backends;
 pub use jobs::{JobRecord, JobState, Jobs};
-pub use stats::Stats;
+pub use stats::{Counters, Percentiles, Stats};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -135,6 +136,11 @@ impl Daemon {
             Call::DomainDisks(params) => queries::domain_disks(self, params.domain, scope).await,
             Call::DaemonStatus => queries::daemon_status(self),
             Call::Metrics => Ok(Value::String(metrics::render(self))),
+            // generated once, at start, by the server
+            Call::Discover => Err(RpcError::new(
+                ErrorKind::Internal,
+                "rpc.discover is answered by the server",
+            )),
         };
         self.stats.answered(outcome.is_err());
         outcome

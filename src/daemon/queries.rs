@@ -4,7 +4,12 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::results::{CephLink, DaemonStatus, DomainDisks, Flattens, JobList, LibvirtLink};
+use crate::owners::OwnerStatus;
 
 use super::{to_value, wire, Daemon};
 use crate::policy::Scope;
@@ -12,7 +17,9 @@ use crate::protocol::{ErrorKind, RpcError};
 use crate::snapshot::preflight::boot_disk;
 
 pub(super) fn jobs_list(daemon: &Daemon) -> Result<Value, RpcError> {
-    Ok(json!({ "jobs": to_value(&daemon.jobs.list())? }))
+    to_value(&JobList {
+        jobs: daemon.jobs.list(),
+    })
 }
 
 pub(super) fn jobs_get(daemon: &Daemon, job_id: &str) -> Result<Value, RpcError> {
@@ -41,10 +48,11 @@ pub(super) async fn domain_disks(
         Err(late) => return Err(wire::late_libvirt(&late)),
     };
     scope.domain(&info.name).map_err(super::denied)?;
-    let boot = boot_disk(&info).map(|d| d.target.clone());
-    let mut value = to_value(&info)?;
-    value["boot_disk"] = json!(boot);
-    Ok(value)
+    let boot_disk = boot_disk(&info).map(|d| d.target.clone());
+    to_value(&DomainDisks {
+        domain: info,
+        boot_disk,
+    })
 }
 
 pub(super) fn daemon_status(daemon: &Daemon) -> Result<Value, RpcError> {
@@ -54,34 +62,41 @@ pub(super) fn daemon_status(daemon: &Daemon) -> Result<Value, RpcError> {
     let (running, queued) = daemon.slots.usage();
     let at_risk = daemon.guards.list();
     let stuck = crate::owners::all().iter().any(|o| o.status().degraded);
-    Ok(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_secs": daemon.uptime_secs(),
-        "degraded": !(libvirt.connected && ceph.connected && at_risk.is_empty()) || stuck,
-        "shutting_down": daemon.is_shutting_down(),
-        "libvirt": { "uri": daemon.backends.libvirt_uri(), "connected": libvirt.connected, "error": libvirt.error },
-        "ceph": {
-            "conf": daemon.backends.ceph_conf(), "connected": ceph.connected, "fsid": fsid, "error": ceph.error,
+    to_value(&DaemonStatus {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_secs: daemon.uptime_secs(),
+        degraded: !(libvirt.connected && ceph.connected && at_risk.is_empty()) || stuck,
+        shutting_down: daemon.is_shutting_down(),
+        libvirt: LibvirtLink {
+            uri: daemon.backends.libvirt_uri().to_string(),
+            connected: libvirt.connected,
+            error: libvirt.error,
         },
-        "jobs_in_flight": daemon.jobs.running(),
-        "flattens": { "limit": daemon.slots.limit(), "running": running, "queued": queued },
-        "recovery": daemon.recovery.status(),
-        "guests_at_risk": to_value(&at_risk)?,
-        "blocking_calls": blocking_calls(),
-        "counters": to_value(&daemon.stats.counters())?,
-        "freeze_window_ms": to_value(&daemon.stats.freeze_windows())?,
-    }))
+        ceph: CephLink {
+            conf: daemon.backends.ceph_conf().display().to_string(),
+            connected: ceph.connected,
+            fsid,
+            error: ceph.error,
+        },
+        jobs_in_flight: daemon.jobs.running(),
+        flattens: Flattens {
+            limit: daemon.slots.limit(),
+            running,
+            queued,
+        },
+        recovery: daemon.recovery.status(),
+        guests_at_risk: at_risk,
+        blocking_calls: blocking_calls(),
+        counters: daemon.stats.counters(),
+        freeze_window_ms: daemon.stats.freeze_windows(),
+    })
 }
 
 /// Each backend owner's usage: calls running, stuck past their deadline,
 /// abandoned since start, and whether that makes the backend degraded.
-fn blocking_calls() -> Value {
-    let mut map = serde_json::Map::new();
-    for owner in crate::owners::all() {
-        map.insert(
-            owner.name().to_string(),
-            serde_json::to_value(owner.status()).unwrap_or_default(),
-        );
-    }
-    Value::Object(map)
+fn blocking_calls() -> BTreeMap<String, OwnerStatus> {
+    crate::owners::all()
+        .iter()
+        .map(|owner| (owner.name().to_string(), owner.status()))
+        .collect()
 }

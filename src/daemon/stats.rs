@@ -46,7 +46,7 @@ pub struct Stats {
 }
 
 /// Counters as reported.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Counters {
     /// Requests answered.
     pub requests: u64,
@@ -59,7 +59,7 @@ pub struct Counters {
 }
 
 /// Freeze-window percentiles over the last snapshots.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Percentiles {
     /// Windows measured.
     pub count: usize,

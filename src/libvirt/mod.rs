@@ -18,7 +18,7 @@ use std::fmt;
 
 /// What the daemon needs to know about a domain, read from its live state
 /// and XML in one go.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct DomainInfo {
     /// Domain name.
     pub name: String,
@@ -33,7 +33,7 @@ pub struct DomainInfo {
 }
 
 /// A domain's run state, as far as snapshots care.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DomainState {
     /// Running: the only state a snapshot proceeds in.
@@ -47,7 +47,7 @@ pub enum DomainState {
 }
 
 /// A disk of the domain.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Disk {
     /// Target device in the guest, e.g. `vda`: how requests name disks.
     pub target: String,
@@ -60,7 +60,7 @@ pub struct Disk {
 }
 
 /// Where a disk's data lives.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum DiskSource {
     /// A network disk with protocol `rbd`.
@@ -75,7 +75,7 @@ pub enum DiskSource {
 }
 
 /// An RBD disk's source as libvirt describes it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct RbdSource {
     /// Pool name.
     pub pool: String,
@@ -92,7 +92,7 @@ pub struct RbdSource {
 }
 
 /// The guest agent's virtio-serial channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentChannel {
     /// The domain has no `org.qemu.guest_agent.0` channel.
@@ -106,7 +106,7 @@ pub enum AgentChannel {
 }
 
 /// A mounted filesystem in the guest, as the agent reports it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct FsInfo {
     /// Mount point in the guest.
     pub mountpoint: String,
@@ -119,7 +119,7 @@ pub struct FsInfo {
 }
 
 /// The agent's own view of the freeze (`guest-fsfreeze-status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FreezeStatus {
     /// Filesystems are frozen.

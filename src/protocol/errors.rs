@@ -69,9 +69,10 @@ error_kinds! {
 }
 
 /// Machine-readable details of an error.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorData {
     /// The stable kind name, e.g. `domain_not_found`.
+    #[schemars(schema_with = "super::schema::error_kind")]
     pub kind: String,
     /// The job that failed, when one had started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,7 +87,7 @@ pub struct ErrorData {
 }
 
 /// A thaw guard, as error data shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GuardData {
     /// The domain that may be frozen.
     pub domain_uuid: String,
@@ -99,9 +100,10 @@ pub struct GuardData {
 }
 
 /// A JSON-RPC error object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RpcError {
     /// Stable numeric code (see [`ErrorKind::code`]).
+    #[schemars(schema_with = "super::schema::error_code")]
     pub code: i64,
     /// What happened and, where possible, what to do about it.
     pub message: String,

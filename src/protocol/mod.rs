@@ -9,6 +9,7 @@
 
 mod errors;
 mod params;
+pub mod schema;
 
 pub use errors::{ErrorKind, GuardData, RpcError};
 pub use params::*;
@@ -76,14 +77,16 @@ impl Response {
 }
 
 /// A progress notification, sent before the result of the request `id`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct ProgressParams {
     /// The id of the request this reports on.
+    #[schemars(schema_with = "schema::id")]
     pub id: Value,
     /// The job doing the work.
     pub job_id: String,
     /// Workflow phase (`preflight`, `freeze`, `clone`, `queued`, `flatten`,
     /// `finish`, `rollback`).
+    #[schemars(schema_with = "schema::phase")]
     pub phase: String,
     /// Units done in this phase (bytes for `flatten`).
     pub done: u64,

@@ -6,59 +6,72 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::schema::{self, FLATTEN_VALUES, ON_BUSY_VALUES, QUIESCE_VALUES};
 use super::{ErrorKind, RpcError};
 
 /// Longest domain, image, pool or disk name accepted.
 pub const MAX_NAME_LEN: usize = 250;
 
 /// `snapshot.create`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateParams {
     /// Domain name or UUID.
+    #[schemars(schema_with = "schema::name")]
     pub domain: String,
     /// New image name (with several disks: `<image>-<disk>` each).
+    #[schemars(schema_with = "schema::name")]
     pub image: String,
     /// Destination pool (default: the source's parent pool, then the
     /// configured default).
     #[serde(default)]
+    #[schemars(schema_with = "schema::optional_name")]
     pub pool: Option<String>,
-    /// Target devs (default: the boot disk).
+    /// Target devs (default: the boot disk; several: one freeze).
     #[serde(default)]
+    #[schemars(schema_with = "schema::names")]
     pub disks: Vec<String>,
     /// `required` | `preferred` | `off` (default: the configured one).
     #[serde(default)]
+    #[schemars(schema_with = "schema::quiesce")]
     pub quiesce: Option<String>,
     /// `sync` | `background` | `cluster` | `none` (default `sync`).
     #[serde(default)]
+    #[schemars(schema_with = "schema::flatten")]
     pub flatten: Option<String>,
     /// When the domain already has a snapshot running: `reject` (answer
     /// `busy`) or `wait` for it to end (default: the configured one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::on_busy")]
     pub on_busy: Option<String>,
     /// Idempotency key: a retry with the same key (and the same params)
     /// returns the first result or joins the running job.
     #[serde(default)]
+    #[schemars(schema_with = "schema::request_id")]
     pub request_id: Option<String>,
 }
 
 /// `snapshot.delete`: by pool and image, or by the location create returned.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteParams {
     /// Pool of the image.
     #[serde(default)]
+    #[schemars(schema_with = "schema::optional_name")]
     pub pool: Option<String>,
     /// Image name.
     #[serde(default)]
+    #[schemars(schema_with = "schema::optional_name")]
     pub image: Option<String>,
-    /// `rbd://<fsid>/<pool>/<image>/snap`, instead of pool + image.
+    /// `rbd://<fsid>/<pool>/<image>/snap`, instead of pool + image; its
+    /// fsid must be this daemon's cluster.
     #[serde(default)]
+    #[schemars(schema_with = "schema::location")]
     pub location: Option<String>,
 }
 
 /// `jobs.get`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobParams {
     /// The job id a `snapshot.create` result or progress carried.
@@ -66,15 +79,16 @@ pub struct JobParams {
 }
 
 /// `domain.disks`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DomainParams {
     /// Domain name or UUID.
+    #[schemars(schema_with = "schema::name")]
     pub domain: String,
 }
 
 /// Methods without params (`jobs.list`, `daemon.status`) accept none or `{}`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
 
@@ -104,6 +118,8 @@ pub enum Call {
     DaemonStatus,
     /// `metrics`: the Prometheus text exposition.
     Metrics,
+    /// `rpc.discover`: the OpenRPC document.
+    Discover,
 }
 
 /// Every method the daemon answers, for `method_not_found` messages.
@@ -116,6 +132,7 @@ pub const METHODS: &[&str] = &[
     "domain.disks",
     "daemon.status",
     "metrics",
+    "rpc.discover",
 ];
 
 impl Call {
@@ -134,6 +151,7 @@ impl Call {
             }
             "daemon.status" => parse::<NoParams>(params).map(|_| Call::DaemonStatus)?,
             "metrics" => parse::<NoParams>(params).map(|_| Call::Metrics)?,
+            "rpc.discover" => parse::<NoParams>(params).map(|_| Call::Discover)?,
             other => {
                 return Err(RpcError::new(
                     ErrorKind::MethodNotFound,
@@ -203,7 +221,7 @@ fn check_create(p: CreateParams) -> Result<CreateParams, RpcError> {
         check_name("disk", disk)?;
     }
     if let Some(q) = p.quiesce.as_deref() {
-        if !["required", "preferred", "off"].contains(&q) {
+        if !QUIESCE_VALUES.contains(&q) {
             return Err(RpcError::new(
                 ErrorKind::InvalidParams,
                 format!("quiesce {q:?} is not one of required, preferred, off"),
@@ -211,7 +229,7 @@ fn check_create(p: CreateParams) -> Result<CreateParams, RpcError> {
         }
     }
     if let Some(f) = p.flatten.as_deref() {
-        if !["sync", "background", "cluster", "none"].contains(&f) {
+        if !FLATTEN_VALUES.contains(&f) {
             return Err(RpcError::new(
                 ErrorKind::InvalidParams,
                 format!("flatten {f:?} is not one of sync, background, cluster, none"),
@@ -219,7 +237,7 @@ fn check_create(p: CreateParams) -> Result<CreateParams, RpcError> {
         }
     }
     if let Some(b) = p.on_busy.as_deref() {
-        if !["reject", "wait"].contains(&b) {
+        if !ON_BUSY_VALUES.contains(&b) {
             return Err(RpcError::new(
                 ErrorKind::InvalidParams,
                 format!("on_busy {b:?} is not one of reject, wait"),

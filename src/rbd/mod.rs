@@ -29,7 +29,9 @@ use std::fmt;
 use std::sync::Arc;
 
 /// An RBD image: pool, optional RADOS namespace, name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct ImageSpec {
     /// Pool name.
     pub pool: String,
@@ -60,7 +62,7 @@ impl fmt::Display for ImageSpec {
 }
 
 /// The snapshot an image was cloned from.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct ParentSpec {
     /// The parent image.
     pub image: ImageSpec,
@@ -70,7 +72,7 @@ pub struct ParentSpec {
 }
 
 /// How a clone depends on its parent snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CloneFormat {
     /// The parent snapshot must be protected first and cannot be removed

@@ -6,9 +6,31 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::{Orphan, Trail};
+
+/// Recovery as `daemon.status` shows it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct RecoveryStatus {
+    /// Jobs a previous run left unfinished that are not recovered yet.
+    pub pending: Vec<PendingStatus>,
+    /// Jobs recovered since start.
+    pub recovered: usize,
+    /// Temporary snapshots the start-up sweep found that no journal knows.
+    pub orphans: Vec<Orphan>,
+}
+
+/// A job waiting for recovery.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct PendingStatus {
+    /// The job.
+    pub job_id: String,
+    /// Its domain.
+    pub domain_uuid: String,
+    /// Why it waits (e.g. the cluster does not answer).
+    pub reason: String,
+}
 
 /// A job waiting for recovery, and why it waits.
 #[derive(Debug, Clone)]
@@ -40,20 +62,28 @@ impl Recovery {
         self.books.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `{pending: [{job_id, domain_uuid, reason}], recovered, orphans}`.
-    pub fn status(&self) -> Value {
+    /// What is pending, recovered and orphaned.
+    pub fn status(&self) -> RecoveryStatus {
         let books = self.books();
-        let pending: Vec<Value> = books
+        let pending = books
             .pending
             .iter()
-            .map(|p| json!({"job_id": p.trail.job_id, "domain_uuid": p.trail.domain_uuid, "reason": p.reason}))
+            .map(|p| PendingStatus {
+                job_id: p.trail.job_id.clone(),
+                domain_uuid: p.trail.domain_uuid.clone(),
+                reason: p.reason.clone(),
+            })
             .collect();
         let orphans = self
             .orphans
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        json!({"pending": pending, "recovered": books.recovered, "orphans": orphans})
+        RecoveryStatus {
+            pending,
+            recovered: books.recovered,
+            orphans,
+        }
     }
 
     /// Jobs still waiting.

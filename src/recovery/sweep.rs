@@ -9,7 +9,7 @@ use crate::snapshot::TEMP_SNAPSHOT_PREFIX;
 
 /// A temporary snapshot of ours that no unfinished job accounts for (the
 /// state directory was lost, or another host's daemon died).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Orphan {
     /// `pool[/namespace]/image`.
     pub image: String,

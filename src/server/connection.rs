@@ -219,7 +219,14 @@ async fn handle_line(
         )
     });
     let id = echo.id.clone();
-    let response = match shared.daemon.handle(call, id.clone(), notify, &scope).await {
+    let outcome = match call {
+        Call::Discover => {
+            shared.daemon.stats.answered(false);
+            Ok(shared.document.clone())
+        }
+        call => shared.daemon.handle(call, id.clone(), notify, &scope).await,
+    };
+    let response = match outcome {
         Ok(result) => Response::ok(id, result),
         Err(error) => Response::err(id, error),
     };

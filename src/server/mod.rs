@@ -30,6 +30,8 @@ pub struct Shared {
     pub access: Access,
     /// What each caller may do.
     pub policy: crate::policy::Policy,
+    /// The OpenRPC document `rpc.discover` answers with.
+    pub document: serde_json::Value,
     /// Longest request line.
     pub max_line: usize,
     /// Silence after which an idle connection is closed.

@@ -56,7 +56,7 @@ impl GuardLog for NoGuardLog {
 }
 
 /// A guest at risk: maybe frozen, thaw not confirmed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct GuardInfo {
     /// The domain.
     pub domain_uuid: String,

@@ -22,7 +22,9 @@ pub enum QuiescePolicy {
 }
 
 /// What to do about the clone's dependency on the source snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FlattenMode {
     /// Copy the parent's data into the new image before answering (Nova).
@@ -108,7 +110,7 @@ impl Default for Settings {
 }
 
 /// How consistent the snapshot is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Consistency {
     /// Taken while the guest's filesystems were frozen.
@@ -118,7 +120,9 @@ pub enum Consistency {
 }
 
 /// Workflow phases, as progress reports name them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Checking before touching the guest.
@@ -211,7 +215,7 @@ impl std::fmt::Debug for JobHooks {
 pub type CancelFlag = Arc<std::sync::atomic::AtomicBool>;
 
 /// Wall-clock times of the steps, in milliseconds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Timings {
     /// The checks before the guest is touched (and opening the sources).
     pub preflight_ms: u64,
@@ -235,7 +239,7 @@ pub struct Timings {
 }
 
 /// One disk's new image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct DiskResult {
     /// The disk's target dev.
     pub disk: String,
@@ -258,7 +262,7 @@ pub struct DiskResult {
 }
 
 /// The outcome of a snapshot job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct SnapshotResult {
     /// The job's id (in temporary snapshot names and image metadata).
     pub job_id: String,

@@ -3,7 +3,7 @@
 //! every failure), readiness by polling the socket, and a line-oriented
 //! JSON-RPC client over a plain `UnixStream` with read timeouts.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -498,6 +498,9 @@ pub struct Conn {
     pub notifications: Vec<Value>,
     /// Answers to other ids seen while waiting, in arrival order.
     stash: VecDeque<Value>,
+    /// The method of each request sent, by its id as JSON: answers are
+    /// checked against that method's schema in the OpenRPC document.
+    methods: HashMap<String, String>,
 }
 
 impl Conn {
@@ -512,11 +515,34 @@ impl Conn {
             timeout,
             notifications: Vec::new(),
             stash: VecDeque::new(),
+            methods: HashMap::new(),
+        }
+    }
+
+    /// Remember the method of a request line, if it is one.
+    fn remember(&mut self, bytes: &[u8]) {
+        let Ok(request) = serde_json::from_slice::<Value>(bytes) else {
+            return;
+        };
+        if let (Some(id), Some(method)) = (request.get("id"), request["method"].as_str()) {
+            self.methods.insert(id.to_string(), method.to_string());
+        }
+    }
+
+    /// Hold a message to the published protocol (tests/common/openrpc.rs).
+    fn conform(&self, message: &Value) {
+        let method = message
+            .get("id")
+            .and_then(|id| self.methods.get(&id.to_string()))
+            .map(String::as_str);
+        if let Some(wrong) = super::openrpc::protocol().check(method, message) {
+            panic!("the daemon's message does not follow docs/openrpc.json: {wrong}\n{message}");
         }
     }
 
     /// Write `bytes` and a newline.
     pub fn send_line(&mut self, bytes: &[u8]) {
+        self.remember(bytes);
         let mut line = bytes.to_vec();
         line.push(b'\n');
         self.send_raw(&line);
@@ -570,7 +596,10 @@ impl Conn {
                 Ok(_) if self.partial.last() == Some(&b'\n') => {
                     let line = std::mem::take(&mut self.partial);
                     return match serde_json::from_slice(&line) {
-                        Ok(v) => Msg::Message(v),
+                        Ok(v) => {
+                            self.conform(&v);
+                            Msg::Message(v)
+                        }
                         Err(e) => Msg::Error(format!(
                             "the daemon sent a line that is not JSON ({e}): {}",
                             String::from_utf8_lossy(&line)
@@ -784,12 +813,21 @@ sys.stdout.write("#closed\n" if closed else "#open\n")
     );
     let mut messages = Vec::new();
     let mut closed = None;
+    let method = serde_json::from_str::<Value>(line)
+        .ok()
+        .and_then(|r| r["method"].as_str().map(String::from));
     for l in stdout.lines() {
         match l {
             "#closed" => closed = Some(true),
             "#open" => closed = Some(false),
-            _ => messages
-                .push(serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))),
+            _ => {
+                let message: Value =
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+                if let Some(wrong) = super::openrpc::protocol().check(method.as_deref(), &message) {
+                    panic!("the daemon's message does not follow docs/openrpc.json: {wrong}\n{message}");
+                }
+                messages.push(message);
+            }
         }
     }
     Foreign {

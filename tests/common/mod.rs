@@ -11,6 +11,7 @@
 pub mod daemon;
 pub mod extra;
 pub mod hang;
+pub mod openrpc;
 pub mod vm;
 
 use std::process::{Command, Output};

@@ -1,0 +1,113 @@
+//! JSON Schema for the params the derive cannot describe alone: names as
+//! the daemon accepts them, and the string choices it validates. The
+//! validation in `params.rs` and these schemas share their constants.
+
+use schemars::{json_schema, Schema, SchemaGenerator};
+use serde_json::json;
+
+use super::params::MAX_NAME_LEN;
+use super::ErrorKind;
+
+/// The values `quiesce` accepts.
+pub const QUIESCE_VALUES: &[&str] = &["required", "preferred", "off"];
+/// The values `flatten` accepts.
+pub const FLATTEN_VALUES: &[&str] = &["sync", "background", "cluster", "none"];
+/// The values `on_busy` accepts.
+pub const ON_BUSY_VALUES: &[&str] = &["reject", "wait"];
+
+/// A domain, image, pool or disk name. JSON Schema counts characters and
+/// the daemon bytes, so the byte limit is in the description only.
+fn name_schema() -> serde_json::Value {
+    json!({
+        "type": "string",
+        "minLength": 1,
+        "pattern": "^[^/@\\u0000-\\u001f\\u007f-\\u009f]+$",
+        "not": {"enum": [".", ".."]},
+        "description": format!(
+            "1-{MAX_NAME_LEN} bytes, without '/', '@' or control characters, not '.' or '..'"
+        ),
+    })
+}
+
+/// A required name.
+pub fn name(_: &mut SchemaGenerator) -> Schema {
+    Schema::try_from(name_schema()).unwrap_or_default()
+}
+
+/// An optional name (null allowed).
+pub fn optional_name(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"anyOf": [name_schema(), {"type": "null"}]})
+}
+
+/// A list of names.
+pub fn names(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "array", "items": name_schema()})
+}
+
+fn choice(values: &[&str]) -> Schema {
+    json_schema!({"anyOf": [{"type": "string", "enum": values}, {"type": "null"}]})
+}
+
+/// `quiesce`.
+pub fn quiesce(_: &mut SchemaGenerator) -> Schema {
+    choice(QUIESCE_VALUES)
+}
+
+/// `flatten`.
+pub fn flatten(_: &mut SchemaGenerator) -> Schema {
+    choice(FLATTEN_VALUES)
+}
+
+/// `on_busy`.
+pub fn on_busy(_: &mut SchemaGenerator) -> Schema {
+    choice(ON_BUSY_VALUES)
+}
+
+/// `request_id`: 1-128 characters without control characters.
+pub fn request_id(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"},
+        {"type": "null"}
+    ]})
+}
+
+/// `data.kind` of an error: one of the stable kinds.
+pub fn error_kind(_: &mut SchemaGenerator) -> Schema {
+    let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+    json_schema!({"type": "string", "enum": kinds})
+}
+
+/// An error's `code`: one of the stable codes.
+pub fn error_code(_: &mut SchemaGenerator) -> Schema {
+    let codes: Vec<i64> = ErrorKind::ALL.iter().map(|k| k.code()).collect();
+    json_schema!({"type": "integer", "enum": codes})
+}
+
+/// A `snapshot.delete` location.
+pub fn location(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"anyOf": [
+        {"type": "string", "pattern": "^rbd://[^/]+/[^/]+/[^/]+/[^/]+$"},
+        {"type": "null"}
+    ]})
+}
+
+/// The phases progress notifications name, in workflow order.
+pub const PHASES: &[&str] = &[
+    "preflight",
+    "freeze",
+    "clone",
+    "queued",
+    "flatten",
+    "finish",
+    "rollback",
+];
+
+/// A progress notification's `phase`.
+pub fn phase(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "string", "enum": PHASES})
+}
+
+/// A JSON-RPC id as requests carry it: a string or a number.
+pub fn id(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": ["string", "number"]})
+}
