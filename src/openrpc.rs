@@ -18,13 +18,14 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
-use crate::daemon::results::{Cancelled, DaemonStatus, Deleted, DomainDisks, JobList};
+use crate::daemon::results::{
+    Cancelled, CreateResult, DaemonStatus, Deleted, DomainDisks, JobList,
+};
 use crate::daemon::JobRecord;
 use crate::protocol::{
     CreateParams, DeleteParams, DomainParams, ErrorKind, JobParams, NoParams, ProgressParams,
     RpcError,
 };
-use crate::snapshot::SnapshotResult;
 
 /// The OpenRPC version the document follows.
 pub const OPENRPC_VERSION: &str = "1.3.2";
@@ -129,7 +130,7 @@ const METHODS: &[Method] = &[
         name: "snapshot.create",
         summary: "Snapshot a running domain's disks into new RBD images, the guest frozen only around the temporary snapshots",
         params: root::<CreateParams>,
-        result: sub::<SnapshotResult>,
+        result: sub::<CreateResult>,
         errors: CREATE_ERRORS,
     },
     Method {

@@ -40,7 +40,8 @@ fn method_rows(readme: &str) -> std::collections::BTreeMap<String, (String, Stri
         .collect()
 }
 
-/// The top-level properties of a result schema (following one `$ref`).
+/// The top-level properties of a result schema, following `$ref`s and
+/// every branch of an `anyOf`.
 fn result_properties(document: &serde_json::Value, schema: &serde_json::Value) -> Vec<String> {
     let target = match schema["$ref"]
         .as_str()
@@ -49,10 +50,16 @@ fn result_properties(document: &serde_json::Value, schema: &serde_json::Value) -
         Some(name) => &document["components"]["schemas"][name],
         None => schema,
     };
-    target["properties"]
+    let mut names: Vec<String> = target["properties"]
         .as_object()
         .map(|p| p.keys().cloned().collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    for branch in target["anyOf"].as_array().into_iter().flatten() {
+        names.extend(result_properties(document, branch));
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 #[test]

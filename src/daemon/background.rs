@@ -100,7 +100,8 @@ pub async fn flatten(
 fn flattened(mut answer: Value) -> Value {
     answer["flattened"] = Value::Bool(true);
     if let Some(disks) = answer.get_mut("disks").and_then(Value::as_array_mut) {
-        for disk in disks {
+        // a result recovery rebuilt names no parents
+        for disk in disks.iter_mut().filter(|d| d.get("parent").is_some()) {
             disk["parent"] = Value::Null;
         }
     }

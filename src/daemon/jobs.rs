@@ -67,7 +67,7 @@ pub struct JobRecord {
     /// The result, once succeeded (for `background`/`cluster`, from the
     /// answer on).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<crate::snapshot::SnapshotResult>")]
+    #[schemars(with = "Option<super::results::CreateResult>")]
     pub result: Option<Value>,
     /// The error, once failed.
     #[serde(skip_serializing_if = "Option::is_none")]

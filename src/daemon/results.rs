@@ -15,6 +15,17 @@ use crate::owners::OwnerStatus;
 use crate::recovery::state::RecoveryStatus;
 use crate::snapshot::GuardInfo;
 
+/// `snapshot.create`'s result: the job's own, or for a retry of a job a
+/// previous run left, what recovery rebuilt from the journal.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CreateResult {
+    /// Made by this run.
+    Made(crate::snapshot::SnapshotResult),
+    /// Kept by start-up recovery (`recovered: true`).
+    Recovered(crate::recovery::plan::RecoveredResult),
+}
+
 /// `snapshot.delete`.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Deleted {

@@ -2,7 +2,8 @@
 //! done in Ceph and how the job ends, decided without calling anything, so
 //! every case is a plain unit test.
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::Trail;
 use crate::protocol::{ErrorKind, RpcError};
@@ -116,18 +117,62 @@ pub fn plan(trail: &Trail, own_addr: Option<&str>) -> Plan {
     }
 }
 
+/// The result of a job a previous run finished (or left to finish) and
+/// start-up recovery kept: what the journal knows, without the timings and
+/// consistency the lost answer had.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct RecoveredResult {
+    /// The job.
+    pub job_id: String,
+    /// Cluster fsid.
+    pub fsid: String,
+    /// The images made, in request order.
+    pub disks: Vec<RecoveredDisk>,
+    /// Always true: this result was rebuilt by recovery.
+    pub recovered: bool,
+    /// The flatten mode requested.
+    pub flatten: FlattenMode,
+    /// Whether every image is independent of its source already.
+    pub flattened: bool,
+    /// Why a `background` flatten killed half-way was not resumed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flatten_error: Option<RpcError>,
+}
+
+/// One image of a [`RecoveredResult`].
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct RecoveredDisk {
+    /// Pool.
+    pub pool: String,
+    /// Image.
+    pub image: String,
+    /// Its final snapshot.
+    pub snapshot: String,
+    /// `rbd://<fsid>/<pool>/<image>/<snapshot>`.
+    pub location: String,
+}
+
 /// The kept job's result, and whether its flatten resumes.
 fn keep(trail: &Trail, fsid: &str, dests: &[ImageSpec], notes: &mut Vec<String>) -> Verdict {
     let mode = trail.flatten_mode();
-    let disks: Vec<Value> = dests
+    let disks = dests
         .iter()
-        .map(|d| {
-            json!({"pool": d.pool, "image": d.name, "snapshot": FINAL_SNAPSHOT,
-                        "location": format!("rbd://{fsid}/{}/{}/{FINAL_SNAPSHOT}", d.pool, d.name)})
+        .map(|d| RecoveredDisk {
+            pool: d.pool.clone(),
+            image: d.name.clone(),
+            snapshot: FINAL_SNAPSHOT.to_string(),
+            location: format!("rbd://{fsid}/{}/{}/{FINAL_SNAPSHOT}", d.pool, d.name),
         })
         .collect();
-    let mut result = json!({"job_id": trail.job_id, "fsid": fsid, "disks": disks, "recovered": true,
-                            "flatten": mode, "flattened": mode == FlattenMode::Sync});
+    let mut recovered = RecoveredResult {
+        job_id: trail.job_id.clone(),
+        fsid: fsid.to_string(),
+        disks,
+        recovered: true,
+        flatten: mode,
+        flattened: mode == FlattenMode::Sync,
+        flatten_error: None,
+    };
     if mode == FlattenMode::Background && trail.steps.last() != Some(&Step::Paused) {
         // killed inside librbd's flatten: its object map may mark objects
         // as copied that never were, and a resumed flatten would skip them
@@ -139,9 +184,9 @@ fn keep(trail: &Trail, fsid: &str, dests: &[ImageSpec], notes: &mut Vec<String>)
              not flattened (still a clone of its source); a flatten killed half-way is not resumed \
              automatically — run `rbd object-map rebuild` on the image, then `rbd flatten`",
         );
-        result["flatten_error"] = serde_json::to_value(&error).unwrap_or_default();
+        recovered.flatten_error = Some(error);
         return Verdict::Keep {
-            result,
+            result: value(&recovered),
             resume: false,
         };
     }
@@ -149,7 +194,11 @@ fn keep(trail: &Trail, fsid: &str, dests: &[ImageSpec], notes: &mut Vec<String>)
         notes.push(format!("{mode:?} flatten resumed").to_lowercase());
     }
     Verdict::Keep {
-        result,
+        result: value(&recovered),
         resume: mode.after_answer(),
     }
+}
+
+fn value(result: &RecoveredResult) -> Value {
+    serde_json::to_value(result).unwrap_or_default()
 }

@@ -288,4 +288,9 @@ pub struct SnapshotResult {
     pub flattened: bool,
     /// Step times.
     pub timings: Timings,
+    /// Set on the job's record when a `background` or `cluster` flatten
+    /// failed after the answer: why (the images stay usable, not flattened).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::protocol::RpcError>")]
+    pub flatten_error: Option<serde_json::Value>,
 }

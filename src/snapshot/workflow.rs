@@ -387,6 +387,7 @@ impl Job<'_> {
             flatten: self.req.flatten,
             flattened,
             timings,
+            flatten_error: None,
         }
     }
 }
