@@ -178,43 +178,64 @@ pub(super) fn guarded(guard: &guard::GuardInfo) -> SnapshotError {
     err
 }
 
-/// Snapshot every disk; stop at the first failure (the saga undoes the rest).
+/// Snapshot every disk at once, so that the window does not grow with the
+/// number of disks: every snapshot needs a snapshot id from the monitors (a
+/// paxos commit, up to `paxos_propose_interval` away), and concurrent
+/// requests share the next commit. Every undo is recorded before any call
+/// starts; all calls are waited for (each bounded by the deadline), so a
+/// failure of one never leaves another running unnoticed: a late one is
+/// attached to its undo. The first failure in disk order is the error.
 async fn snapshot_all(
     plan: &Plan,
     snap: &str,
     deadline: Duration,
     saga: &mut Saga,
 ) -> Result<(), SnapshotError> {
-    let started = Instant::now();
     for disk in &plan.disks {
         saga.record(Undo::TempSnapshot {
             image: Arc::clone(&disk.source),
             snap: snap.to_string(),
             pending: None,
         });
-        let (image, name) = (Arc::clone(&disk.source), snap.to_string());
-        let left = deadline.saturating_sub(started.elapsed());
-        match blocking::ceph(left, move || image.create_snapshot(&name)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(SnapshotError::rbd(&e)),
-            Err(Late::TimedOut(handle)) => {
-                saga.set_pending(handle);
-                return Err(SnapshotError::new(
+    }
+    let calls: Vec<_> = plan
+        .disks
+        .iter()
+        .map(|disk| {
+            let (image, name) = (Arc::clone(&disk.source), snap.to_string());
+            tokio::spawn(blocking::ceph(deadline, move || {
+                image.create_snapshot(&name)
+            }))
+        })
+        .collect();
+    let mut first_error = None;
+    for (disk, call) in plan.disks.iter().zip(calls) {
+        let failed = match call.await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(e))) => Some(SnapshotError::rbd(&e)),
+            Ok(Err(Late::TimedOut(handle))) => {
+                saga.set_pending_for_snapshot(disk.source.spec(), handle);
+                Some(SnapshotError::new(
                     Kind::FreezeTimeout,
                     format!(
                         "snapshot of {} did not finish within the freeze deadline ({} ms)",
                         disk.source.spec(),
                         deadline.as_millis()
                     ),
-                ));
+                ))
             }
-            Err(Late::Panicked(msg)) => return Err(SnapshotError::new(Kind::Ceph, msg)),
-            Err(Late::Saturated(msg)) => {
-                return Err(SnapshotError::new(Kind::CephUnavailable, msg))
-            }
+            Ok(Err(Late::Panicked(msg))) => Some(SnapshotError::new(Kind::Ceph, msg)),
+            Ok(Err(Late::Saturated(msg))) => Some(SnapshotError::new(Kind::CephUnavailable, msg)),
+            Err(join) => Some(SnapshotError::new(
+                Kind::Ceph,
+                format!("snapshot task: {join}"),
+            )),
+        };
+        if first_error.is_none() {
+            first_error = failed;
         }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Thaw within the request's budget, and journal that the guest is

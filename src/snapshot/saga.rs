@@ -115,6 +115,19 @@ impl Saga {
         }
     }
 
+    /// Attach a late snapshot call to the undo of the temporary snapshot on
+    /// the source `spec` (its snapshots are taken concurrently).
+    pub fn set_pending_for_snapshot(&mut self, spec: &ImageSpec, late: Pending) {
+        for step in self.steps.iter_mut().rev() {
+            if let Undo::TempSnapshot { image, pending, .. } = step {
+                if image.spec() == spec {
+                    *pending = Some(late);
+                    return;
+                }
+            }
+        }
+    }
+
     /// Attach a late call to the undo of the image `spec` (a flatten that
     /// stalled), so rollback waits for it before removing the image.
     pub fn set_pending_for(&mut self, spec: &ImageSpec, late: Pending) {

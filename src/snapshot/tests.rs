@@ -256,6 +256,44 @@ async fn snapshots_that_miss_the_freeze_deadline_are_thawed_and_removed_when_the
     assert_untouched(&fake, "slow snapshot");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disks_are_snapshotted_at_once_inside_the_window() {
+    let fake = Fake::standard();
+    // each snapshot takes 200 ms: one after another they would take 400
+    fake.inject("snap_create", Fault::Slow(Duration::from_millis(200)), 2);
+    let req = SnapshotRequest {
+        disks: vec!["vda".into(), "vdb".into()],
+        ..request()
+    };
+    let slow = Settings {
+        freeze_deadline: Duration::from_millis(1000),
+        ..settings()
+    };
+    let result = go(&fake, &req, &slow).await.expect("snapshot");
+    assert!(
+        result.timings.snap_ms < 390,
+        "two 200 ms snapshots took {} ms: not concurrent",
+        result.timings.snap_ms
+    );
+    assert!(!fake.frozen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_snapshot_of_several_undoes_them_all_after_both_end() {
+    let fake = Fake::standard();
+    // one of the two snapshots lands late, past the deadline
+    fake.inject("snap_create", Fault::Slow(Duration::from_millis(500)), 1);
+    let req = SnapshotRequest {
+        disks: vec!["vda".into(), "vdb".into()],
+        ..request()
+    };
+    let err = go(&fake, &req, &settings()).await.expect_err("refused");
+    assert_eq!(err.kind, SnapshotErrorKind::FreezeTimeout, "{err}");
+    assert!(err.rollback_failures.is_empty(), "{err}");
+    assert!(!fake.frozen());
+    assert_untouched(&fake, "one late snapshot of two");
+}
+
 #[tokio::test]
 async fn a_failing_thaw_is_retried_until_the_agent_confirms() {
     let fake = Fake::standard();

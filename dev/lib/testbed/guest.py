@@ -16,6 +16,10 @@ from .procs import BedError
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 DISK_SIZE = 256 << 20
+# Raw data disks besides the boot disk, for snapshots of several disks at one
+# instant (multi-disk tests and benchmarks); the guest writes them directly.
+DATA_TARGETS = ("vdb", "vdc", "vdd", "vde", "vdf", "vdg", "vdh", "vdi")
+DATA_SIZE = 8 << 20
 BASE = ("images", "guest-base", "snap")
 CHUNK = 4 << 20
 
@@ -50,8 +54,26 @@ def make_disk(root, cluster, disk_name):
                     img.create_snap(BASE[2])
                     img.protect_snap(BASE[2])
                 rbd.RBD().clone(base_io, BASE[1], BASE[2], vms, disk_name)
+                for target in DATA_TARGETS:
+                    rbd.RBD().create(vms, data_disk(disk_name, target), DATA_SIZE)
         finally:
             client.shutdown()
+
+
+def data_disk(disk_name, target):
+    """The image of data disk `target` (in `vms`)."""
+    return f"{disk_name}-{target}"
+
+
+def disk_xml(cluster, image, secret, target, boot=""):
+    return f"""<disk type='network' device='disk'>
+      <driver name='qemu' type='raw' cache='writeback'/>
+      <source protocol='rbd' name='{image}'>
+        <host name='127.0.0.1' port='{cluster.mon_v1}'/>
+      </source>
+      <auth username='admin'><secret type='ceph' uuid='{secret}'/></auth>
+      <target dev='{target}' bus='virtio'/>{boot}
+    </disk>"""
 
 
 def admin_key(cluster):
@@ -70,6 +92,9 @@ def secret_xml(secret_uuid, fsid):
 
 
 def domain_xml(name, dom_uuid, kernel, initrd, cmdline, cluster, image, secret, console):
+    disks = "\n    ".join(
+        [disk_xml(cluster, image, secret, "vda", "\n      <boot order='1'/>")]
+        + [disk_xml(cluster, data_disk(image, t), secret, t) for t in DATA_TARGETS])
     return f"""<domain type='qemu'>
   <name>{name}</name>
   <uuid>{dom_uuid}</uuid>
@@ -88,15 +113,7 @@ def domain_xml(name, dom_uuid, kernel, initrd, cmdline, cluster, image, secret, 
   <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='network' device='disk'>
-      <driver name='qemu' type='raw' cache='writeback'/>
-      <source protocol='rbd' name='{image}'>
-        <host name='127.0.0.1' port='{cluster.mon_v1}'/>
-      </source>
-      <auth username='admin'><secret type='ceph' uuid='{secret}'/></auth>
-      <target dev='vda' bus='virtio'/>
-      <boot order='1'/>
-    </disk>
+    {disks}
     <controller type='virtio-serial' index='0'/>
     <channel type='unix'>
       <target type='virtio' name='org.qemu.guest_agent.0'/>
@@ -146,6 +163,9 @@ def boot(root, cluster, state):
         "RBDSNAPD_TEST_GUEST": name,
         "RBDSNAPD_TEST_GUEST_UUID": dom_uuid,
         "RBDSNAPD_TEST_GUEST_IMAGE": f"vms/{disk_name}",
+        # target:pool/image of each raw data disk, comma-separated
+        "RBDSNAPD_TEST_GUEST_DATA_DISKS": ",".join(
+            f"{t}:vms/{data_disk(disk_name, t)}" for t in DATA_TARGETS),
         "RBDSNAPD_TEST_GUEST_BASE": "{}/{}@{}".format(*BASE),
         "RBDSNAPD_TEST_GUEST_MOUNT": "/mnt",
         "RBDSNAPD_TEST_GUEST_CONSOLE": console,
