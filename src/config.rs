@@ -215,6 +215,21 @@ pub struct SnapshotConfig {
     /// A second snapshot of a domain that has one running: `reject` (answer
     /// `busy`) or `wait` for it. A request's `on_busy` overrides this.
     pub on_busy: OnBusy,
+    /// Several disks that no freeze covers (quiesce off, no agent, a raw
+    /// disk): `auto` pauses the vCPUs around their snapshots so that the
+    /// set is one instant; `never` snapshots each disk at its own instant.
+    pub pause_vcpus: PauseVcpus,
+}
+
+/// Whether the vCPUs are paused around the snapshots of several disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PauseVcpus {
+    /// When several disks are not all under frozen filesystems.
+    #[default]
+    Auto,
+    /// Never: each disk is its own instant.
+    Never,
 }
 
 /// What a snapshot request does when its domain has one running.
@@ -290,6 +305,7 @@ impl Default for SnapshotConfig {
             thaw_confirm_secs: 60.0,
             max_concurrent_flattens: 2,
             on_busy: OnBusy::Reject,
+            pause_vcpus: PauseVcpus::Auto,
         }
     }
 }
@@ -465,6 +481,7 @@ impl Config {
             clone_format: self.clone_format().ok().flatten(),
             host: self.host_name(),
             allowed_pools: None,
+            pause_vcpus: self.snapshot.pause_vcpus == PauseVcpus::Auto,
         }
     }
 }

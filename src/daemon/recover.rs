@@ -98,10 +98,25 @@ impl Daemon {
                 &trail.domain_uuid,
             ));
         }
-        for trail in trails.iter().filter(|t| t.maybe_frozen()) {
-            let why = "the daemon stopped while the guest may have been frozen".to_string();
+        for trail in trails.iter() {
+            let window = trail.window();
+            let why = match (window.thaw, window.resume) {
+                (false, false) => continue,
+                (true, false) => "the daemon stopped while the guest may have been frozen",
+                (false, true) => "the daemon stopped while the guest's vCPUs may have been paused",
+                (true, true) => {
+                    "the daemon stopped while the guest may have been frozen and paused"
+                }
+            };
             self.guards
-                .arm(&trail.domain_uuid, &trail.job_id, why, None, None)
+                .arm(
+                    &trail.domain_uuid,
+                    &trail.job_id,
+                    why.into(),
+                    window,
+                    None,
+                    None,
+                )
                 .await;
         }
     }

@@ -30,6 +30,8 @@ impl crate::snapshot::GuardLog for Journal {
             domain_uuid: guard.domain_uuid.clone(),
             since: guard.since_unix,
             reason: guard.last_error.clone(),
+            thaw: guard.window.thaw,
+            resume: guard.window.resume,
         })
         .map_err(|e| e.to_string())
     }

@@ -78,6 +78,13 @@ pub enum Record {
         since: u64,
         /// Why the thaw was not confirmed.
         reason: String,
+        /// Whether the guest may be frozen (journals before pauses
+        /// existed: always).
+        #[serde(default = "always")]
+        thaw: bool,
+        /// Whether the vCPUs may be paused.
+        #[serde(default)]
+        resume: bool,
     },
     /// The guard on a domain was cleared: confirmed thawed, or gone.
     Unguard {
@@ -86,6 +93,10 @@ pub enum Record {
         /// The domain.
         domain_uuid: String,
     },
+}
+
+fn always() -> bool {
+    true
 }
 
 impl Record {

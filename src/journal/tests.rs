@@ -152,6 +152,8 @@ fn guard(job: &str, domain: &str) -> Record {
         domain_uuid: domain.into(),
         since: 1,
         reason: "late freeze".into(),
+        thaw: true,
+        resume: false,
     }
 }
 
@@ -218,4 +220,18 @@ fn an_end_written_before_timelines_were_kept_still_reads() {
     }
     let line = new.to_line().expect("line");
     assert_eq!(Record::from_line(line.trim_end().as_bytes()), Some(new));
+}
+
+#[test]
+fn a_guard_written_before_pauses_existed_still_thaws() {
+    let old = r#"{"kind":"guard","job_id":"j","domain_uuid":"d","since":1,"reason":"late"}"#;
+    let record: Record = serde_json::from_str(old).expect("an old guard record reads");
+    assert!(matches!(
+        record,
+        Record::Guard {
+            thaw: true,
+            resume: false,
+            ..
+        }
+    ));
 }

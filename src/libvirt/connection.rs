@@ -233,6 +233,29 @@ impl Hypervisor for LibvirtHypervisor {
         self.freeze_or_thaw("fsthaw", virt::sys::virDomainFSThaw, uuid, mountpoints)
     }
 
+    fn suspend(&self, uuid: &str) -> Result<(), LibvirtError> {
+        self.lookup(uuid)?
+            .suspend()
+            .map_err(|e| LibvirtError::from_virt("suspend", uuid, &e))
+    }
+
+    fn resume(&self, uuid: &str) -> Result<bool, LibvirtError> {
+        let dom = self.lookup(uuid)?;
+        match state_of(&dom, uuid)? {
+            DomainState::Paused => dom
+                .resume()
+                .map(|()| true)
+                .map_err(|e| LibvirtError::from_virt("resume", uuid, &e)),
+            DomainState::Shutoff => Err(LibvirtError::new(
+                "resume",
+                uuid,
+                LibvirtErrorKind::NotRunning,
+                "the domain is not running".to_string(),
+            )),
+            _ => Ok(false),
+        }
+    }
+
     fn freeze_status(&self, uuid: &str) -> Result<FreezeStatus, LibvirtError> {
         let dom = self.lookup(uuid)?;
         let reply = dom

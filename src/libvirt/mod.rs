@@ -145,4 +145,11 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     fn thaw(&self, uuid: &str, mountpoints: &[String]) -> Result<u32, LibvirtError>;
     /// Ask the agent directly whether the guest is frozen.
     fn freeze_status(&self, uuid: &str) -> Result<FreezeStatus, LibvirtError>;
+    /// Pause the domain's vCPUs (`virDomainSuspend`): the guest issues no
+    /// new I/O until [`Hypervisor::resume`].
+    fn suspend(&self, uuid: &str) -> Result<(), LibvirtError>;
+    /// Resume the vCPUs if the domain is paused; `Ok(false)` when it was
+    /// not (nothing to do), so that a retry after an answer lost on the way
+    /// is harmless.
+    fn resume(&self, uuid: &str) -> Result<bool, LibvirtError>;
 }

@@ -192,3 +192,28 @@ async fn a_failing_or_stalled_cluster_keeps_the_job_pending() {
     };
     assert!(why.contains("did not finish"), "{why}");
 }
+
+#[test]
+fn a_pause_without_its_resume_is_left_to_a_guard_that_resumes() {
+    let paused = trail(vec![begin(), Step::Pause], "sync");
+    assert!(paused.maybe_paused() && !paused.maybe_frozen());
+    let both = trail(vec![begin(), Step::Freeze, Step::Pause], "sync");
+    assert_eq!(
+        both.window(),
+        crate::snapshot::Window {
+            thaw: true,
+            resume: true
+        }
+    );
+    let done = trail(
+        vec![
+            begin(),
+            Step::Freeze,
+            Step::Pause,
+            Step::Resumed,
+            Step::Thawed,
+        ],
+        "sync",
+    );
+    assert!(!done.maybe_paused() && !done.maybe_frozen());
+}

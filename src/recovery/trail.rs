@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::journal::Record;
 use crate::rbd::ImageSpec;
-use crate::snapshot::{FlattenMode, GuardInfo, Step};
+use crate::snapshot::{FlattenMode, GuardInfo, Step, Window};
 
 /// One unfinished job, as the journal tells it.
 #[derive(Debug, Clone, Serialize)]
@@ -31,9 +31,27 @@ pub struct Trail {
 impl Trail {
     /// Whether the guest may still be frozen.
     pub fn maybe_frozen(&self) -> bool {
-        let last_freeze = self.steps.iter().rposition(|s| *s == Step::Freeze);
-        let last_thaw = self.steps.iter().rposition(|s| *s == Step::Thawed);
-        matches!((last_freeze, last_thaw), (Some(f), t) if t.is_none_or(|t| t < f))
+        self.open(&Step::Freeze, &Step::Thawed)
+    }
+
+    /// Whether the guest's vCPUs may still be paused.
+    pub fn maybe_paused(&self) -> bool {
+        self.open(&Step::Pause, &Step::Resumed)
+    }
+
+    /// What the journal says the job left undone in the guest.
+    pub fn window(&self) -> Window {
+        Window {
+            thaw: self.maybe_frozen(),
+            resume: self.maybe_paused(),
+        }
+    }
+
+    /// Whether the last `start` has no `end` after it.
+    fn open(&self, start: &Step, end: &Step) -> bool {
+        let last_start = self.steps.iter().rposition(|s| s == start);
+        let last_end = self.steps.iter().rposition(|s| s == end);
+        matches!((last_start, last_end), (Some(s), e) if e.is_none_or(|e| e < s))
     }
 
     pub(super) fn begin(&self) -> Option<(&str, &[ImageSpec], &[ImageSpec], &str)> {
@@ -119,6 +137,8 @@ pub fn guards(records: &[Record]) -> Vec<GuardInfo> {
                 domain_uuid,
                 since,
                 reason,
+                thaw,
+                resume,
             } => {
                 active.retain(|g| &g.domain_uuid != domain_uuid);
                 active.push(GuardInfo {
@@ -127,6 +147,10 @@ pub fn guards(records: &[Record]) -> Vec<GuardInfo> {
                     since_unix: *since,
                     attempts: 0,
                     last_error: format!("resumed after a restart: {reason}"),
+                    window: Window {
+                        thaw: *thaw,
+                        resume: *resume,
+                    },
                 });
             }
             Record::Unguard { domain_uuid, .. } => active.retain(|g| &g.domain_uuid != domain_uuid),

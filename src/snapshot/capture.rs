@@ -1,5 +1,6 @@
-//! The freeze window: freeze → temporary snapshot of every disk → thaw, and
-//! nothing else. The thaw happens on every path that attempted a freeze,
+//! The freeze window: freeze → (pause the vCPUs, for several disks no
+//! freeze covers: see [`super::pause`]) → temporary snapshot of every disk
+//! → (resume) → thaw, and nothing else. The thaw happens on every path that attempted a freeze,
 //! also when the freeze call failed or timed out (a late freeze can still
 //! land in the guest), and the guest's own freeze status is checked when the
 //! thaw call fails.
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::blocking::{self, Late};
-use super::guard::{self, PendingFreeze};
+use super::guard::{self, PendingFreeze, Window};
 use super::preflight::Plan;
 use super::saga::{Saga, Undo};
 use super::workflow::Job;
@@ -34,6 +35,10 @@ pub struct Captured {
     /// Milliseconds from the freeze call to the thaw's return (0 when no
     /// freeze was attempted).
     pub window_ms: u64,
+    /// Milliseconds the vCPUs were paused (0: not paused).
+    pub pause_ms: u64,
+    /// Whether every disk was captured at one instant.
+    pub one_instant: bool,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -55,10 +60,10 @@ pub(super) async fn capture(
     let mut reason = plan.freeze.as_ref().err().cloned();
     let mut frozen = 0;
     let attempt_freeze = plan.freeze.is_ok();
+    if let Some(guard) = job.hooks().guards.get(uuid) {
+        return Err(guarded(&guard));
+    }
     if attempt_freeze {
-        if let Some(guard) = job.hooks().guards.get(uuid) {
-            return Err(guarded(&guard));
-        }
         job.record(&Step::Freeze).await?;
     }
     // the window is the guest's: from the freeze call to the thaw's answer,
@@ -83,9 +88,31 @@ pub(super) async fn capture(
         }
     }
     let freeze_ms = ms(window.elapsed());
+    let pause = super::pause::needed(plan, settings, frozen);
+    let paused_at = if pause {
+        // the pause is held to the freeze deadline like a freeze
+        let left = settings.freeze_deadline.saturating_sub(window.elapsed());
+        match super::pause::pause(hv, uuid, settings, job, frozen > 0, left).await {
+            Ok(at) => Some(at),
+            Err(err) if err.guard.is_some() => return Err(err),
+            Err(err) => {
+                let thawed = if attempt_freeze {
+                    thaw_noted(hv, uuid, settings, job, FreezeOutcome::Answered)
+                        .await
+                        .map(drop)
+                } else {
+                    Ok(())
+                };
+                return Err(with_thaw_outcome(err, thawed));
+            }
+        }
+    } else {
+        None
+    };
     let snap_started = Instant::now();
-    // frozen: the snapshots must fit in what is left of the freeze deadline
-    let snap_deadline = if frozen > 0 {
+    // frozen or paused: the snapshots must fit in what is left of the
+    // freeze deadline
+    let snap_deadline = if frozen > 0 || paused_at.is_some() {
         settings.freeze_deadline.saturating_sub(window.elapsed())
     } else {
         settings.call_deadline
@@ -94,6 +121,16 @@ pub(super) async fn capture(
     let snapped = snapshot_all(plan, snap, snap_deadline, saga).await;
     job.checkpoint("snapshotted").await;
     let snap_ms = ms(snap_started.elapsed());
+    let mut pause_ms = 0;
+    if let Some(at) = paused_at {
+        // a resume not confirmed leaves a guard that resumes, then thaws
+        let resumed = super::pause::resume(hv, uuid, settings, job, frozen > 0, None).await;
+        match (resumed, snapped.as_ref()) {
+            (Ok(resumed), _) => pause_ms = ms(resumed.saturating_duration_since(at)),
+            (Err(err), Ok(())) => return Err(err),
+            (Err(err), Err(cause)) => return Err(with_thaw_outcome(cause.clone(), Err(err))),
+        }
+    }
     let thaw_started = Instant::now();
     let mut window_end = thaw_started;
     if attempt_freeze {
@@ -122,6 +159,10 @@ pub(super) async fn capture(
         } else {
             0
         },
+        pause_ms,
+        one_instant: plan.disks.len() == 1
+            || paused_at.is_some()
+            || super::pause::covered_by_freeze(plan, frozen),
     })
 }
 
@@ -287,7 +328,7 @@ pub(super) async fn thaw(
     let mut last;
     loop {
         let left = until.saturating_duration_since(Instant::now());
-        let outcome = guard::attempt(hv, uuid, ask, left, &mut in_flight).await;
+        let outcome = guard::attempt(hv, uuid, Window::FREEZE, ask, left, &mut in_flight).await;
         // after a failed thaw, only the agent's own word counts
         ask = true;
         if pending
@@ -310,7 +351,14 @@ pub(super) async fn thaw(
     let guard = job
         .hooks()
         .guards
-        .arm(uuid, job.id(), last.clone(), pending, in_flight)
+        .arm(
+            uuid,
+            job.id(),
+            last.clone(),
+            Window::FREEZE,
+            pending,
+            in_flight,
+        )
         .await;
     let mut err = SnapshotError::new(
         Kind::ThawFailed,

@@ -1,5 +1,5 @@
-//! The thaw guard: a freeze that is not confirmed undone outlives the
-//! request that made it. A guest agent busy in a slow freeze hook, an agent
+//! The thaw guard: a freeze (or a pause of the vCPUs) that is not
+//! confirmed undone outlives the request that made it. A guest agent busy in a slow freeze hook, an agent
 //! that stopped answering, libvirtd stopped: the request answers within its
 //! bound, and a guard on the domain keeps thawing, with backoff, for as long
 //! as the domain runs — journalled, so a restarted daemon goes on with it.
@@ -9,7 +9,11 @@
 //! any thaw that came before it). While a domain has a guard, it gets no
 //! new snapshot.
 //!
-//! Each attempt is one blocking call (thaw, then ask the agent) on the
+//! A guard whose job paused the vCPUs resumes them first (a paused guest's
+//! agent cannot thaw); a resume of a domain that is not paused is a no-op,
+//! so a retry is harmless.
+//!
+//! Each attempt is one blocking call (resume, thaw, then ask the agent) on the
 //! libvirt owner's reserved thaw lane; an attempt that misses its deadline
 //! is waited for by the next one instead of piling up another thread.
 
@@ -68,12 +72,33 @@ pub struct GuardInfo {
     pub attempts: u64,
     /// Why the guest is not confirmed thawed yet.
     pub last_error: String,
+    /// What the guard undoes: the freeze, and the pause of the vCPUs.
+    #[serde(flatten)]
+    pub window: Window,
 }
 
-/// One blocking thaw attempt: the thaw's answer and, when asked, the
-/// agent's view after it.
+/// What a job did to the guest that a guard (or the request) undoes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct Window {
+    /// The filesystems may be frozen: thaw them.
+    pub thaw: bool,
+    /// The vCPUs may be paused: resume them (first).
+    pub resume: bool,
+}
+
+impl Window {
+    /// A freeze only (what every guard was before pauses existed).
+    pub const FREEZE: Window = Window {
+        thaw: true,
+        resume: false,
+    };
+}
+
+/// One blocking attempt: the resume's answer (when the window paused),
+/// the thaw's (when it froze) and, when asked, the agent's view after it.
 type Attempt = (
-    Result<u32, LibvirtError>,
+    Option<Result<bool, LibvirtError>>,
+    Option<Result<u32, LibvirtError>>,
     Option<Result<FreezeStatus, LibvirtError>>,
 );
 
@@ -96,13 +121,14 @@ pub enum Thaw {
     NotYet(String),
 }
 
-/// Thaw `uuid` once and, with `ask`, ask the agent whether it is thawed
-/// (without, a thaw that answers counts as confirmed); wait at most
-/// `deadline`. A call still running is continued from `in_flight` rather
-/// than started again.
+/// Undo `window` on `uuid` once: resume, thaw and, with `ask`, ask the
+/// agent whether it is thawed (without, a thaw that answers counts as
+/// confirmed); wait at most `deadline`. A call still running is continued
+/// from `in_flight` rather than started again.
 pub async fn attempt(
     hv: &Arc<dyn Hypervisor>,
     uuid: &str,
+    window: Window,
     ask: bool,
     deadline: Duration,
     in_flight: &mut Option<InFlight>,
@@ -112,9 +138,12 @@ pub async fn attempt(
         None => {
             let (hv, id) = (Arc::clone(hv), uuid.to_string());
             let call = move || {
-                let thawed = hv.thaw(&id, &[]);
-                let status = ask.then(|| hv.freeze_status(&id));
-                (thawed, status)
+                let resumed = window.resume.then(|| hv.resume(&id));
+                // a paused guest's agent cannot thaw: resume first
+                let running = !matches!(resumed, Some(Err(_)));
+                let thawed = (window.thaw && running).then(|| hv.thaw(&id, &[]));
+                let status = (window.thaw && running && ask).then(|| hv.freeze_status(&id));
+                (resumed, thawed, status)
             };
             match blocking::spawn_thaw(call) {
                 Ok(handle) => handle,
@@ -142,7 +171,15 @@ fn gone(e: &LibvirtError) -> bool {
     )
 }
 
-fn judge((thawed, status): Attempt) -> Thaw {
+fn judge((resumed, thawed, status): Attempt) -> Thaw {
+    match resumed {
+        Some(Err(e)) if gone(&e) => return Thaw::Gone,
+        Some(Err(e)) => return Thaw::NotYet(format!("resume: {e}")),
+        _ => {}
+    }
+    let Some(thawed) = thawed else {
+        return Thaw::Confirmed;
+    };
     let Some(status) = status else {
         return match thawed {
             Ok(_) => Thaw::Confirmed,
@@ -239,6 +276,7 @@ impl ThawGuards {
         uuid: &str,
         job_id: &str,
         why: String,
+        window: Window,
         pending: Option<PendingFreeze>,
         in_flight: Option<InFlight>,
     ) -> GuardInfo {
@@ -248,6 +286,7 @@ impl ThawGuards {
             since_unix: unix_now(),
             attempts: 0,
             last_error: why,
+            window,
         };
         if let Some(existing) = self.get(uuid) {
             return existing;
@@ -296,7 +335,10 @@ impl ThawGuards {
         let mut backoff = BACKOFF_MIN;
         loop {
             let outcome = match (self.hypervisor)() {
-                Some(hv) => attempt(&hv, &uuid, true, self.attempt_deadline, &mut in_flight).await,
+                Some(hv) => {
+                    let deadline = self.attempt_deadline;
+                    attempt(&hv, &uuid, info.window, true, deadline, &mut in_flight).await
+                }
                 None => Thaw::NotYet("libvirt is not connected".into()),
             };
             if pending.as_ref().is_some_and(JoinHandle::is_finished) {

@@ -20,6 +20,7 @@ pub mod capture;
 mod error;
 pub mod flatten;
 pub mod guard;
+mod pause;
 pub mod preflight;
 pub mod saga;
 mod slots;
@@ -34,10 +35,12 @@ pub mod workflow;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
 #[cfg(test)]
+mod pause_tests;
+#[cfg(test)]
 mod tests;
 
 pub use error::{SnapshotError, SnapshotErrorKind};
-pub use guard::{GuardInfo, GuardLog, ThawGuards};
+pub use guard::{GuardInfo, GuardLog, ThawGuards, Window};
 pub use slots::{FlattenSlots, Slot};
 pub use steplog::{NoLog, Step, StepLog};
 pub use types::*;

@@ -33,6 +33,11 @@ pub enum Step {
     Freeze,
     /// The guest is thawed again.
     Thawed,
+    /// The guest's vCPUs are about to be paused: until [`Step::Resumed`],
+    /// they may be.
+    Pause,
+    /// The vCPUs run again.
+    Resumed,
     /// A clone into `dest` is about to be made.
     Clone {
         /// The destination image.
@@ -59,6 +64,8 @@ impl Step {
             Step::Begin { .. } => "begin",
             Step::Freeze => "freeze",
             Step::Thawed => "thawed",
+            Step::Pause => "pause",
+            Step::Resumed => "resumed",
             Step::Clone { .. } => "clone",
             Step::Finished { .. } => "finished",
             Step::Flattening => "flattening",

@@ -10,7 +10,7 @@ use super::*;
 use crate::libvirt::AgentChannel;
 use crate::rbd::CloneFormat;
 
-fn settings() -> Settings {
+pub(super) fn settings() -> Settings {
     Settings {
         default_pool: Some("images".into()),
         freeze_deadline: Duration::from_millis(300),
@@ -21,10 +21,11 @@ fn settings() -> Settings {
         clone_format: None,
         host: "host-a".into(),
         allowed_pools: None,
+        pause_vcpus: true,
     }
 }
 
-fn request() -> SnapshotRequest {
+pub(super) fn request() -> SnapshotRequest {
     SnapshotRequest {
         domain: "vm".into(),
         image: "new".into(),
@@ -35,7 +36,7 @@ fn request() -> SnapshotRequest {
     }
 }
 
-async fn go(
+pub(super) async fn go(
     fake: &Arc<Fake>,
     req: &SnapshotRequest,
     s: &Settings,
@@ -44,7 +45,7 @@ async fn go(
 }
 
 /// [`go`] with the given hooks (guards, late calls, a step log).
-async fn go_with(
+pub(super) async fn go_with(
     fake: &Arc<Fake>,
     req: &SnapshotRequest,
     s: &Settings,
@@ -63,7 +64,7 @@ async fn go_with(
 
 /// Nothing left behind: guest thawed, source images hold only what they held,
 /// no destination image.
-fn assert_untouched(fake: &Fake, ctx: &str) {
+pub(super) fn assert_untouched(fake: &Fake, ctx: &str) {
     assert!(!fake.frozen(), "{ctx}: guest left frozen");
     let disk = fake.image("vms/vm-disk").expect("source");
     assert!(
@@ -305,7 +306,7 @@ async fn a_failing_thaw_is_retried_until_the_agent_confirms() {
 }
 
 /// Guards that thaw through the fake.
-fn guards_for(fake: &Arc<Fake>) -> Arc<ThawGuards> {
+pub(super) fn guards_for(fake: &Arc<Fake>) -> Arc<ThawGuards> {
     let hv: Arc<dyn crate::libvirt::Hypervisor> = Arc::new(FakeHv(Arc::clone(fake)));
     ThawGuards::new(
         Arc::new(move || Some(Arc::clone(&hv))),

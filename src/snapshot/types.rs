@@ -91,6 +91,9 @@ pub struct Settings {
     /// The destination pools the caller may write into (its `[[policy]]`
     /// rules); `None`: any.
     pub allowed_pools: Option<Vec<String>>,
+    /// Pause the vCPUs around the snapshots of several disks that no
+    /// freeze covers, so that the set is one instant.
+    pub pause_vcpus: bool,
 }
 
 impl Default for Settings {
@@ -105,6 +108,7 @@ impl Default for Settings {
             clone_format: None,
             host: String::new(),
             allowed_pools: None,
+            pause_vcpus: true,
         }
     }
 }
@@ -227,6 +231,8 @@ pub struct Timings {
     pub thaw_ms: u64,
     /// Guest frozen → thawed, as measured around freeze, snapshots and thaw.
     pub freeze_window_ms: u64,
+    /// vCPUs paused → resumed (several disks no freeze covers; 0: no pause).
+    pub pause_ms: u64,
     /// The clones.
     pub clone_ms: u64,
     /// The flattens.
@@ -286,6 +292,10 @@ pub struct SnapshotResult {
     pub flatten: FlattenMode,
     /// Whether every image is independent of its source already.
     pub flattened: bool,
+    /// Whether every disk was captured at one instant: a single disk, all
+    /// under frozen filesystems, or the vCPUs paused around the snapshots.
+    /// False: each disk is consistent on its own only.
+    pub one_instant: bool,
     /// Step times.
     pub timings: Timings,
     /// Set on the job's record when a `background` or `cluster` flatten

@@ -226,6 +226,7 @@ impl Job<'_> {
             snap_ms: captured.snap_ms,
             thaw_ms: captured.thaw_ms,
             freeze_window_ms: captured.window_ms,
+            pause_ms: captured.pause_ms,
             clone_ms,
             flatten_ms,
             finish_ms: ms(finish_started),
@@ -386,6 +387,7 @@ impl Job<'_> {
             clone_format: plan.clone_format,
             flatten: self.req.flatten,
             flattened,
+            one_instant: captured.one_instant,
             timings,
             flatten_error: None,
         }

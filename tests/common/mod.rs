@@ -292,6 +292,7 @@ pub mod engine {
             clone_format: None,
             host: "rbdsnapd-tests".into(),
             allowed_pools: None,
+            pause_vcpus: true,
         }
     }
 

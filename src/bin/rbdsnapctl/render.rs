@@ -111,6 +111,23 @@ pub fn snapshot_summary(result: &Value) -> String {
         ms(&timings, "total_ms"),
         text(result, "job_id"),
     );
+    let disks = result
+        .get("disks")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    match result.get("one_instant").and_then(Value::as_bool) {
+        Some(false) if disks > 1 => {
+            out.push_str("each disk at its own instant (no freeze covered them all, no pause)\n")
+        }
+        Some(true) if number(&timings, "pause_ms").is_some_and(|p| p > 0) => {
+            let _ = writeln!(
+                out,
+                "all {disks} disks at one instant: vCPUs paused {}",
+                ms(&timings, "pause_ms")
+            );
+        }
+        _ => {}
+    }
     for disk in result
         .get("disks")
         .and_then(Value::as_array)

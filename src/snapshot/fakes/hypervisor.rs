@@ -72,6 +72,19 @@ impl Hypervisor for FakeHv {
         Ok(u32::from(was == Some(true)))
     }
 
+    fn suspend(&self, uuid: &str) -> Result<(), LibvirtError> {
+        self.0.hv_fault("suspend")?;
+        let mut w = self.0.world.lock().expect("world");
+        w.paused.insert(uuid.into(), true);
+        Ok(())
+    }
+
+    fn resume(&self, uuid: &str) -> Result<bool, LibvirtError> {
+        self.0.hv_fault("resume")?;
+        let mut w = self.0.world.lock().expect("world");
+        Ok(w.paused.insert(uuid.into(), false) == Some(true))
+    }
+
     fn freeze_status(&self, uuid: &str) -> Result<FreezeStatus, LibvirtError> {
         self.0.hv_fault("freeze_status")?;
         let frozen = self

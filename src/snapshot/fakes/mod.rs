@@ -40,6 +40,8 @@ pub struct FakeImage {
 pub struct World {
     pub domains: Vec<DomainInfo>,
     pub frozen: HashMap<String, bool>,
+    /// Domains whose vCPUs are paused.
+    pub paused: HashMap<String, bool>,
     pub images: BTreeMap<String, FakeImage>,
     pub pools: Vec<String>,
     pub clone_format: Option<CloneFormat>,
@@ -147,6 +149,16 @@ impl Fake {
             .unwrap_or(false)
     }
 
+    pub fn paused(&self) -> bool {
+        self.world
+            .lock()
+            .expect("world")
+            .paused
+            .get(UUID)
+            .copied()
+            .unwrap_or(false)
+    }
+
     pub fn image(&self, key: &str) -> Option<FakeImage> {
         self.world.lock().expect("world").images.get(key).cloned()
     }
@@ -160,10 +172,11 @@ impl Fake {
         let fault = {
             let mut w = self.world.lock().expect("world");
             let frozen = w.frozen.get(UUID).copied().unwrap_or(false);
-            w.log.push(if point == "snap_create" && frozen {
-                "snap_create(frozen)".into()
-            } else {
-                point.into()
+            let paused = w.paused.get(UUID).copied().unwrap_or(false);
+            w.log.push(match point {
+                "snap_create" if frozen => "snap_create(frozen)".into(),
+                "snap_create" if paused => "snap_create(paused)".into(),
+                _ => point.into(),
             });
             match w.faults.get_mut(point) {
                 Some((fault, n)) if *n > 0 => {
