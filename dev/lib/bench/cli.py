@@ -30,20 +30,42 @@ def parse_sizes(text):
     return sizes
 
 
+# what --cases takes, in the order the cases run
+CASES = ("freeze", "e2e", "load", "multidisk")
+
+
+def parse_cases(text):
+    """"freeze,multidisk" → those names, in CASES order."""
+    names = {item.strip() for item in text.split(",") if item.strip()}
+    unknown = names - set(CASES)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown case(s) {', '.join(sorted(unknown)) or '(none)'}: choose from "
+            + ",".join(CASES))
+    return [c for c in CASES if c in names]
+
+
 def parser():
     p = argparse.ArgumentParser(
         prog="dev/bench",
         description="rbdsnapd beside the command-line way and an in-process Python "
-                    "script (issue 7): sets up, builds, brings up its own test bed, "
-                    "runs every case, tears the bed down.")
+                    "script (issues 7, 14): sets up, builds, brings up its own test bed, "
+                    "runs every case (or --cases), tears the bed down.")
     p.add_argument("--n", type=int, help="runs per way and case (default 20; --smoke: 1)")
     p.add_argument("--sizes", type=parse_sizes,
                    help="source image sizes for cases 2-4, in GiB, or MiB with M "
                         "(default 1,4; --smoke: 64M)")
+    p.add_argument("--cases", type=parse_cases, default=list(CASES),
+                   help="run only these cases, comma-separated: freeze (1), e2e (2-4), "
+                        "load (5-6), multidisk (7) (default: all). With only some, the "
+                        "report is merged: their sections and targets replace those in "
+                        "the existing --out file, the rest of it stays")
     p.add_argument("--out", help="write the report here (default docs/benchmarks.md; "
                                  "--smoke: none)")
     p.add_argument("--plot", help="write the freeze-window plot (PNG) here "
-                                  "(default docs/freeze-window.png; --smoke: none)")
+                                  "(default docs/freeze-window.png when case 1 runs; "
+                                  "--smoke: none); case 7's plot goes beside the report "
+                                  "as multidisk-freeze-window.png")
     p.add_argument("--json", help="also write every raw sample here")
     p.add_argument("--smoke", action="store_true",
                    help="a quick check that every case works (CI): N=1, 64 MiB, "
@@ -64,6 +86,8 @@ def parser():
 
 def resolve(args):
     smoke = args.smoke
+    if args.plot is None and "freeze" not in args.cases:
+        args.plot = ""  # its data comes from case 1 only: keep the old plot
     for key, full, quick in (("n", 20, 1), ("sizes", [GIB, 4 * GIB], [64 * MIB]),
                              ("out", "docs/benchmarks.md", None),
                              ("plot", "docs/freeze-window.png", None),

@@ -1,11 +1,15 @@
-"""The written record: machine, versions and date, the issue-7 targets with
-the measured ratio and PASS/MISS, every case's tables, and the plot of the
-freeze-window distributions (matplotlib, Agg)."""
+"""The written record: machine, versions and date, the targets (issues 7
+and 14) with the measured ratio and PASS/MISS, every case's tables, and the
+plots of the freeze-window distributions and of the multi-disk windows
+(matplotlib, Agg). A run of only some cases merges its sections into the
+existing report instead (`merge`)."""
 import datetime
 import os
+import re
 import subprocess
 import sys
 
+from . import multidisk
 from .stats import ratio, summary, table
 
 GIB = 1 << 30
@@ -115,6 +119,10 @@ def targets(b, results):
         n_err = len(cc.data["errors"])
         rows.append(["16 concurrent snapshots: errors", str(n_err), "0",
                      "PASS" if n_err == 0 and cc.data["total_s"] else "MISS"])
+    md = by.get("multidisk")
+    if md and md.data:
+        for what, r, goal in multidisk.targets(md):
+            add(what, r, goal)
     dm = by.get("daemon")
     if dm and dm.data:
         idle = max(dm.data["rss_idle_kib"].values()) / 1024
@@ -128,7 +136,7 @@ def markdown(b, results, target_rows, plot_path, out_path, started, took):
     cmd = "dev/bench " + " ".join(b.argv)
     parts = [
         "# Benchmarks: rbdsnapd beside its peers",
-        f"Produced by `{cmd.strip()}` (issue 7) on {started:%Y-%m-%d %H:%M} UTC, in "
+        f"Produced by `{cmd.strip()}` (issues 7, 14) on {started:%Y-%m-%d %H:%M} UTC, in "
         f"{int(took // 60)} min {int(took % 60)} s. Each way ran {b.n} times per case, "
         "interleaved; "
         "median, p90 and max are over those runs. Ratios are rbdsnapd ÷ the peer "
@@ -140,8 +148,8 @@ def markdown(b, results, target_rows, plot_path, out_path, started, took):
                ["load average (1 min), RAM available: at start / end",
                 " / ".join(f"{a:.2f}, {m:.1f} GiB" for a, m in b.load)]],
               align=["l", "l"]),
-        "## Targets (issue 7)",
-        table(["target", "measured", "goal", ""], target_rows),
+        TARGETS_HEADING,
+        table(TARGET_HEADERS, target_rows),
     ]
     if plot_path:
         rel = os.path.relpath(plot_path, os.path.dirname(os.path.abspath(out_path)))
@@ -149,6 +157,106 @@ def markdown(b, results, target_rows, plot_path, out_path, started, took):
     parts.append("## Results")
     text = "\n\n".join(parts) + "\n\n" + "\n".join(r.markdown() for r in results)
     return text
+
+
+TARGETS_HEADING = "## Targets (issues 7, 14)"
+TARGET_HEADERS = ["target", "measured", "goal", ""]
+
+
+def merge(old, results, target_rows):
+    """The report `old` with these results in it: each result's section
+    replaces the one with its number (or goes before Housekeeping), each
+    target row replaces the one with its name (or is added); everything
+    else — the other cases' sections, the header, machine and versions of
+    their run — stays as it was."""
+    chunks = re.split(r"(?m)^(?=#{2,3} )", old)
+    for r in results:
+        new = r.markdown() + "\n"
+        number = r.title.split()[0]
+        at = next((k for k, c in enumerate(chunks)
+                   if c.startswith(f"### {number} ")), None)
+        if at is not None:
+            chunks[at] = new
+            continue
+        at = next((k for k, c in enumerate(chunks) if c.startswith("### Housekeeping")),
+                  len(chunks))
+        if at == len(chunks) and chunks and not chunks[-1].endswith("\n\n"):
+            chunks[-1] = chunks[-1].rstrip("\n") + "\n\n"
+        chunks.insert(at, new)
+    at = next((k for k, c in enumerate(chunks) if c.startswith("## Targets")), None)
+    if at is None:
+        raise RuntimeError("the report to merge into has no Targets section")
+    chunks[at] = _merge_targets(chunks[at], target_rows)
+    return "".join(chunks).rstrip("\n") + "\n"
+
+
+def _merge_targets(chunk, target_rows):
+    lines = chunk.split("\n")
+    rows_at = [k for k, line in enumerate(lines) if line.startswith("|")]
+    rows = [[c.strip() for c in lines[k].strip().strip("|").split("|")] for k in rows_at[2:]]
+    for new in target_rows:
+        same = next((row for row in rows if row[0] == new[0]), None)
+        if same is None:
+            rows.append([str(c) for c in new])
+        else:
+            same[:] = [str(c) for c in new]
+    body = table(TARGET_HEADERS, rows)
+    if rows_at:
+        lines[rows_at[0]:rows_at[-1] + 1] = [body]
+    else:
+        lines[1:1] = ["", body]
+    lines[0] = TARGETS_HEADING
+    return "\n".join(lines)
+
+
+def provenance(b, started, took):
+    """The note a merged section carries: which run measured it."""
+    m = machine(b.repo)
+    cmd = ("dev/bench " + " ".join(b.argv)).strip()
+    return (f"Measured by `{cmd}` on {started:%Y-%m-%d %H:%M} UTC, in {int(took // 60)} min "
+            f"{int(took % 60)} s — a run of its own, not the one the header describes; "
+            f"rbdsnapd {m['rbdsnapd']}, the machine and versions above; "
+            "load average (1 min), RAM available at start / "
+            "end: " + " / ".join(f"{a:.2f}, {r:.1f} GiB" for a, r in b.load) + ".")
+
+
+def plot_multidisk(result, path):
+    """Freeze window against the number of disks, one panel per mon
+    setting: every run as a dot, the medians joined."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = result.data
+    if not d:
+        raise RuntimeError("no multi-disk data to plot")
+    colors = {"rbdsnapd": "tab:blue", "python": "tab:orange"}
+    names = {"rbdsnapd": "rbdsnapd (concurrent)", "python": "Python (one after another)"}
+    intervals = d["intervals_s"]
+    fig, axes = plt.subplots(1, len(intervals), figsize=(5 * len(intervals), 4.2),
+                             squeeze=False)
+    for ax, secs in zip(axes[0], intervals):
+        for way, shift in (("rbdsnapd", -0.06), ("python", 0.06)):
+            runs = d["window_ms"][f"{secs:g}"][way]
+            counts = [n for n in d["counts"] if runs.get(str(n))]
+            for n in counts:
+                ax.scatter([n * (1 + shift)] * len(runs[str(n)]), runs[str(n)], s=10,
+                           alpha=0.4, color=colors[way])
+            ax.plot(counts, [_med(runs[str(n)]) for n in counts], marker="o",
+                    color=colors[way], label=names[way])
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(d["counts"])
+        ax.set_xticklabels([str(n) for n in d["counts"]])
+        ax.set_xlabel("disks in the snapshot")
+        ax.set_ylabel("freeze window (ms)")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"mon paxos_propose_interval\n{multidisk.interval_label(secs)}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot(results, path):

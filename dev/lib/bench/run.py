@@ -9,13 +9,21 @@ import time
 import libvirt
 import libvirt_qemu
 
-from . import e2e, freeze, load, report
+from . import e2e, freeze, load, multidisk, report
 from .ceph import Ceph, connect
 from .cli import REPO
 from .daemon import Daemon
 from .peers import CliPeer, PyPeer
 from .rpc import RpcError
 from .stats import CaseResult, table
+
+
+# key (--cases), label, function; in the order they run. Case 7 last: it
+# changes the mon's paxos interval (and sets it back) while it runs.
+CASES = (("freeze", "case 1: freeze window", freeze.run),
+         ("e2e", "cases 2-4: end to end, flatten, background/cluster", e2e.run),
+         ("load", "cases 5-6: concurrency, memory, latency", load.run),
+         ("multidisk", "case 7: multi-disk freeze window", multidisk.run))
 
 
 def log(msg):
@@ -169,7 +177,8 @@ class Bench:
                 found.append(f"image {pool}/{image}")
                 self.ceph.remove_image(pool, image)
         sources = [self.env["RBDSNAPD_TEST_GUEST_IMAGE"], "/".join(e2e.SOURCE)] + \
-                  [f"vms/testdrv-{n:02d}-vda" for n in range(1, 17)]
+                  [f"vms/testdrv-{n:02d}-vda" for n in range(1, 17)] + \
+                  [f"{p}/{i}" for _, p, i in multidisk.data_disks(self.env)]
         for spec in sources:
             for snap in self.ceph.all_snaps(*spec.split("/", 1)):
                 found.append(f"snapshot {spec}@{snap['name']} ({snap.get('namespace')})")
@@ -195,9 +204,9 @@ class Bench:
         left = []
         try:
             self.start()
-            for label, case in (("case 1: freeze window", freeze.run),
-                                ("cases 2-4: end to end, flatten, background/cluster", e2e.run),
-                                ("cases 5-6: concurrency, memory, latency", load.run)):
+            for key, label, case in CASES:
+                if key not in self.args.cases:
+                    continue
                 log(f"{label} …")
                 try:
                     out = case(self)
@@ -224,10 +233,27 @@ class Bench:
         self.load.append(report.load())
         return self.finish(results, left, started, took)
 
+    def partial(self):
+        return any(k not in self.args.cases for k, _, _ in CASES)
+
+    def plot_multidisk(self, results, errors):
+        """Case 7's plot beside the report, linked from its section."""
+        md = next((r for r in results if r.key == "multidisk" and r.data), None)
+        if md is None:
+            return
+        name = "multidisk-freeze-window.png"
+        path = os.path.join(os.path.dirname(os.path.abspath(self.args.out)), name)
+        try:
+            report.plot_multidisk(md, path)
+            md.tables.append(f"![freeze window against the number of disks]({name})")
+            log(f"plot written to {path}")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"multi-disk plot: {exc}")
+
     def finish(self, results, left, started, took):
         target_rows = report.targets(self, results)
-        print("### Targets (issue 7)\n\n" + table(["target", "measured", "goal", ""],
-                                                  target_rows) + "\n")
+        print("### Targets (issues 7, 14)\n\n" + table(["target", "measured", "goal", ""],
+                                                       target_rows) + "\n")
         errors = [e for r in results for e in r.errors] + [f"left behind: {x}" for x in left]
         for note in self.notes:
             print(note)
@@ -238,11 +264,22 @@ class Bench:
             except Exception as exc:  # noqa: BLE001
                 errors.append(f"plot: {exc}")
         if self.args.out:
-            text = report.markdown(self, results, target_rows, self.args.plot,
-                                   self.args.out, started, took)
-            if self.notes or left:
-                text += "\n### Housekeeping\n\n" + "\n".join(
-                    f"- {n}" for n in self.notes + [f"left behind: {x}" for x in left]) + "\n"
+            self.plot_multidisk(results, errors)
+            housekeeping = self.notes + [f"left behind: {x}" for x in left]
+            if self.partial() and os.path.exists(self.args.out):
+                # only some cases ran: their sections go into the report of
+                # the full run, which keeps the others' numbers
+                note = report.provenance(self, started, took)
+                for r in results:
+                    r.notes.append(note + "".join(f" {n}." for n in housekeeping))
+                with open(self.args.out) as f:
+                    text = report.merge(f.read(), results, target_rows)
+            else:
+                text = report.markdown(self, results, target_rows, self.args.plot,
+                                       self.args.out, started, took)
+                if housekeeping:
+                    text += "\n### Housekeeping\n\n" + "\n".join(
+                        f"- {n}" for n in housekeeping) + "\n"
             os.makedirs(os.path.dirname(os.path.abspath(self.args.out)), exist_ok=True)
             with open(self.args.out, "w") as f:
                 f.write(text)
