@@ -17,6 +17,9 @@ use nix::sys::signal::Signal;
 use rbdsnapd::libvirt::DomainState;
 use serde_json::{json, Value};
 
+/// One test at a time on the guest (they pause it, and count on its writes).
+static GUEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The sequence-number loop, stopped by creating /seq-stop. Each write is
 /// O_DIRECT and fsynced, so the next starts only once it is acknowledged.
 const WRITER: &str = "rm -f /seq-stop; n=0; while [ ! -e /seq-stop ]; do n=$((n+1)); \
@@ -132,6 +135,7 @@ fn with_the_vcpus_paused_every_set_is_one_instant_and_without_it_not() {
     else {
         return;
     };
+    let _one = GUEST.lock().unwrap_or_else(|p| p.into_inner());
     let ceph = &bed.ceph;
     start_writer(&guest, &disks[0].0, &disks[1].0);
     std::thread::sleep(Duration::from_secs(1));
@@ -211,6 +215,7 @@ fn a_guest_paused_when_the_daemon_dies_or_hangs_is_resumed() {
     else {
         return;
     };
+    let _one = GUEST.lock().unwrap_or_else(|p| p.into_inner());
     for signal in [Signal::SIGKILL, Signal::SIGSTOP] {
         let state = TempDir::new("rbdsnapd-pause-state");
         let image = common::unique("paused");
@@ -281,4 +286,62 @@ fn a_guest_paused_when_the_daemon_dies_or_hangs_is_resumed() {
             .as_array()
             .is_some_and(Vec::is_empty));
     }
+}
+
+#[test]
+fn libvirtd_stopped_while_the_guest_is_paused_is_resumed_on_its_return() {
+    let (Some(bed), Some(guest), Some(disks)) = (daemon::bed(), common::guest(), data_disks())
+    else {
+        return;
+    };
+    let _one = GUEST.lock().unwrap_or_else(|p| p.into_inner());
+    let state = TempDir::new("rbdsnapd-pause-hang");
+    let image = common::unique("paused-hang");
+    let _cleanups: Vec<ImageCleanup> = disks
+        .iter()
+        .map(|(t, _)| ImageCleanup::new(&bed.ceph, "images", &format!("{image}-{t}")))
+        .collect();
+    let d = start_at(&bed, &guest, state.path(), Some("frozen"));
+    let mut conn = d.connect();
+    let id = conn.send_create(
+        json!({"domain": guest.name, "image": image, "quiesce": "off",
+        "disks": [disks[0].0, disks[1].0]}),
+    );
+    let marker = state.path().join("paused-at-frozen");
+    d.wait_paused(&marker);
+    let stopped = common::hang::Stopped::stop("libvirtd");
+    let sent = Instant::now();
+    std::fs::remove_file(&marker).expect("let the daemon go on");
+    let answer = conn.wait_for(&id);
+    let answered = sent.elapsed();
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(answered));
+    let back = stopped.resume();
+    let until = back + Duration::from_secs(30);
+    while !d.status()["guests_at_risk"]
+        .as_array()
+        .is_some_and(Vec::is_empty)
+    {
+        assert!(
+            Instant::now() < until,
+            "the guard never cleared: {}",
+            d.status()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let resumed_after = back.elapsed();
+    eprintln!(
+        "libvirtd stopped 20 s with the vCPUs paused: answered {answered:?} after the go-on \
+         ({}), guard cleared {resumed_after:?} after its return",
+        answer.kind()
+    );
+    assert!(!answer.is_ok(), "{:?}", answer.0);
+    assert!(
+        answered < Duration::from_secs(15),
+        "answered after {answered:?}"
+    );
+    assert_eq!(domain_state(&guest), DomainState::Running);
+    assert!(
+        resumed_after < Duration::from_secs(6),
+        "resumed {resumed_after:?} after libvirtd came back"
+    );
 }
