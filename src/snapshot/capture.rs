@@ -318,48 +318,19 @@ pub(super) async fn thaw(
     job: &Job<'_>,
     freeze: FreezeOutcome,
 ) -> Result<(), SnapshotError> {
-    let budget = settings.agent_timeout + Duration::from_secs(1);
-    let until = Instant::now() + budget;
-    let (confirm, mut pending) = match freeze {
+    let (confirm, pending) = match freeze {
         FreezeOutcome::Answered => (false, None),
         FreezeOutcome::Uncertain(pending) => (true, pending),
     };
-    let (mut in_flight, mut ask) = (None, confirm);
-    let mut last;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        let outcome = guard::attempt(hv, uuid, Window::FREEZE, ask, left, &mut in_flight).await;
-        // after a failed thaw, only the agent's own word counts
-        ask = true;
-        if pending
-            .as_ref()
-            .is_some_and(tokio::task::JoinHandle::is_finished)
-        {
-            pending = None;
-        }
-        last = match outcome {
-            guard::Thaw::Gone => return Ok(()),
-            guard::Thaw::Confirmed if pending.is_none() => return Ok(()),
-            guard::Thaw::Confirmed => "a freeze call is still running".to_string(),
-            guard::Thaw::NotYet(why) => why,
-        };
-        if Instant::now() + Duration::from_millis(250) >= until {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let guard = job
-        .hooks()
-        .guards
-        .arm(
-            uuid,
-            job.id(),
-            last.clone(),
-            Window::FREEZE,
-            pending,
-            in_flight,
-        )
-        .await;
+    let undo = Undoing {
+        attempt: Window::FREEZE,
+        guard: Window::FREEZE,
+        confirm,
+        pending,
+    };
+    let Err((guard, last, budget)) = undo_window(hv, uuid, settings, job, undo).await else {
+        return Ok(());
+    };
     let mut err = SnapshotError::new(
         Kind::ThawFailed,
         format!(
@@ -371,6 +342,75 @@ pub(super) async fn thaw(
     );
     err.guard = Some(Box::new(guard));
     Err(err)
+}
+
+/// What [`undo_window`] undoes.
+pub(super) struct Undoing {
+    /// What each attempt undoes.
+    pub attempt: Window,
+    /// What a guard left on failure undoes (a resume's guard thaws too
+    /// when the job froze).
+    pub guard: Window,
+    /// Ask the agent from the first attempt on (after a failed one, it is
+    /// always asked).
+    pub confirm: bool,
+    /// A freeze or pause call of ours still running: it may still land.
+    pub pending: Option<PendingFreeze>,
+}
+
+/// Undo the window, retrying every 250 ms within the request's budget (the
+/// agent timeout plus a second). Not confirmed by then: a guard is armed;
+/// it, the last reason and the budget are the error.
+pub(super) async fn undo_window(
+    hv: &Arc<dyn Hypervisor>,
+    uuid: &str,
+    settings: &Settings,
+    job: &Job<'_>,
+    undo: Undoing,
+) -> Result<(), (guard::GuardInfo, String, Duration)> {
+    let budget = settings.agent_timeout + Duration::from_secs(1);
+    let until = Instant::now() + budget;
+    let Undoing {
+        attempt,
+        guard: guard_window,
+        mut confirm,
+        mut pending,
+    } = undo;
+    let mut in_flight = None;
+    let last = loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let outcome = guard::attempt(hv, uuid, attempt, confirm, left, &mut in_flight).await;
+        // after a failed attempt, only the agent's own word counts
+        confirm = true;
+        if pending
+            .as_ref()
+            .is_some_and(tokio::task::JoinHandle::is_finished)
+        {
+            pending = None;
+        }
+        let why = match outcome {
+            guard::Thaw::Gone => return Ok(()),
+            guard::Thaw::Confirmed if pending.is_none() => return Ok(()),
+            guard::Thaw::Confirmed => "a call of ours is still running".to_string(),
+            guard::Thaw::NotYet(why) => why,
+        };
+        if Instant::now() + Duration::from_millis(250) >= until {
+            break why;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let guards = &job.hooks().guards;
+    let guard = guards
+        .arm(
+            uuid,
+            job.id(),
+            last.clone(),
+            guard_window,
+            pending,
+            in_flight,
+        )
+        .await;
+    Err((guard, last, budget))
 }
 
 /// The cause stays the error; a failed thaw is the more urgent news.

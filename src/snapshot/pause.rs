@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::blocking::{self, Late};
-use super::guard::{self, PendingFreeze, Thaw, Window};
+use super::capture::{undo_window, Undoing};
+use super::guard::{PendingFreeze, Window};
 use super::preflight::Plan;
 use super::workflow::Job;
 use super::{Settings, SnapshotError, SnapshotErrorKind as Kind, Step};
@@ -105,50 +106,27 @@ pub(super) async fn resume(
     settings: &Settings,
     job: &Job<'_>,
     frozen: bool,
-    mut pending: Option<PendingFreeze>,
+    pending: Option<PendingFreeze>,
 ) -> Result<Instant, SnapshotError> {
-    let budget = settings.agent_timeout + Duration::from_secs(1);
-    let until = Instant::now() + budget;
-    let only_resume = Window {
-        thaw: false,
-        resume: true,
+    let undo = Undoing {
+        attempt: Window {
+            thaw: false,
+            resume: true,
+        },
+        guard: Window {
+            thaw: frozen,
+            resume: true,
+        },
+        confirm: false,
+        pending,
     };
-    let mut in_flight = None;
-    let last = loop {
-        let left = until.saturating_duration_since(Instant::now());
-        let outcome = guard::attempt(hv, uuid, only_resume, false, left, &mut in_flight).await;
-        if pending
-            .as_ref()
-            .is_some_and(tokio::task::JoinHandle::is_finished)
-        {
-            pending = None;
+    let Err((guard, last, budget)) = undo_window(hv, uuid, settings, job, undo).await else {
+        let resumed = Instant::now();
+        if let Err(e) = job.record(&Step::Resumed).await {
+            tracing::warn!(error = %e, "vCPUs resumed, but the journal could not record it");
         }
-        let why = match outcome {
-            Thaw::Gone => return Ok(Instant::now()),
-            Thaw::Confirmed if pending.is_none() => {
-                let resumed = Instant::now();
-                if let Err(e) = job.record(&Step::Resumed).await {
-                    tracing::warn!(error = %e, "vCPUs resumed, but the journal could not record it");
-                }
-                return Ok(resumed);
-            }
-            Thaw::Confirmed => "a pause call is still running".to_string(),
-            Thaw::NotYet(why) => why,
-        };
-        if Instant::now() + Duration::from_millis(250) >= until {
-            break why;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        return Ok(resumed);
     };
-    let window = Window {
-        thaw: frozen,
-        resume: true,
-    };
-    let guard = job
-        .hooks()
-        .guards
-        .arm(uuid, job.id(), last.clone(), window, pending, in_flight)
-        .await;
     let mut err = SnapshotError::new(
         Kind::ThawFailed,
         format!(
