@@ -210,6 +210,18 @@ fn callers_are_held_to_their_rules_and_root_is_not() {
     // without the group, the same uid is a stranger (and not even allowed in)
     let cut = call_as(&d, DELETER, &[], "daemon.status", json!({}));
     cut.assert_error(-32002, "permission_denied", "deleter without its group");
+
+    // a retry of root's request (same request_id and params) into a pool
+    // the snapshotter may not write to does not hand it root's result
+    let rooted = common::unique("policy-rid");
+    let _rooted_cleanup = ImageCleanup::new(ceph, "vms", &rooted);
+    let params = json!({"domain": ALLOWED_DOMAIN, "image": rooted, "pool": "vms",
+                        "flatten": "none", "request_id": rooted});
+    let first = root.call("snapshot.create", params.clone());
+    assert!(first.is_ok(), "{first:?}");
+    let retry = call_as(&d, SNAPSHOTTER, &[], "snapshot.create", params);
+    retry.assert_error(-32002, "permission_denied", "retry into another pool");
+    assert!(message(&retry).contains("pool vms"), "{retry:?}");
     drop(root);
 }
 

@@ -56,8 +56,10 @@ pub(super) async fn snapshot_create(
     };
     let (cancel, answered) = match start_or_wait(daemon, &new, wait, &request_id, &notify).await? {
         Start::Run(cancel, answered) => (cancel, answered),
-        Start::Done(result) => return Ok(result),
-        Start::Join(answered) => return join(answered).await,
+        // a retry of an earlier request: its images must be in pools this
+        // caller may write into, as if it had made them
+        Start::Done(result) => return within_pools(&settings, result),
+        Start::Join(answered) => return within_pools(&settings, join(answered).await?),
     };
     let job_id = new.job_id.clone();
     let accepted = Record::Request {
@@ -180,6 +182,28 @@ async fn lookup(
         Ok(Ok(info)) => Ok((info.uuid, info.name)),
         Ok(Err(e)) => Err(wire::libvirt_error(&e)),
         Err(late) => Err(wire::late_libvirt(&late)),
+    }
+}
+
+/// `result` if every image it names is in a pool the caller may write
+/// into (its `[[policy]]` rules), else `permission_denied`.
+fn within_pools(settings: &Settings, result: Value) -> Result<Value, RpcError> {
+    let Some(allowed) = &settings.allowed_pools else {
+        return Ok(result);
+    };
+    let disks = result.get("disks").and_then(Value::as_array);
+    let outside = disks
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("pool").and_then(Value::as_str))
+        .find(|pool| !allowed.iter().any(|a| a == pool));
+    match outside {
+        None => Ok(result),
+        Some(pool) => Err(super::denied(format!(
+            "the request_id names a job whose image is in pool {pool}, which this caller may \
+             not write into (its [[policy]] rules allow: {})",
+            allowed.join(", ")
+        ))),
     }
 }
 
