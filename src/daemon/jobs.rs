@@ -1,7 +1,7 @@
 //! The job registry: what runs and what ran (for `jobs.list`/`jobs.get`),
 //! one running snapshot per domain, and the cancel flags shutdown uses.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -141,7 +141,31 @@ pub enum Start {
 struct Inner {
     jobs: HashMap<String, JobRecord>,
     finished: VecDeque<String>,
-    busy_domains: HashSet<String>,
+    /// Domain uuid → the job that holds it. Only the holder releases a
+    /// domain: a job that answered long ago (its flatten still running)
+    /// must not free the domain its successor now holds.
+    busy_domains: HashMap<String, String>,
+}
+
+impl Inner {
+    /// Take `domain` for `job_id`; `false` when another job holds it.
+    fn hold(&mut self, domain: &str, job_id: &str) -> bool {
+        match self.busy_domains.get(domain) {
+            Some(holder) => holder == job_id,
+            None => {
+                self.busy_domains
+                    .insert(domain.to_string(), job_id.to_string());
+                true
+            }
+        }
+    }
+
+    /// Free `domain` if `job_id` holds it; anyone else's hold stays.
+    fn release(&mut self, domain: &str, job_id: &str) {
+        if self.busy_domains.get(domain).map(String::as_str) == Some(job_id) {
+            self.busy_domains.remove(domain);
+        }
+    }
 }
 
 /// All jobs of this daemon run.
@@ -219,7 +243,7 @@ impl Jobs {
                 }
             }
         }
-        if !inner.busy_domains.insert(new.domain_uuid.clone()) {
+        if !inner.hold(&new.domain_uuid, &new.job_id) {
             return Err(RpcError::new(
                 ErrorKind::Busy,
                 format!(
@@ -255,10 +279,9 @@ impl Jobs {
             return Err(0);
         };
         let (domain, position) = (job.domain_uuid.clone(), job.position.unwrap_or(1));
-        if position != 1 || inner.busy_domains.contains(&domain) {
+        if position != 1 || !inner.hold(&domain, job_id) {
             return Err(position);
         }
-        inner.busy_domains.insert(domain);
         let Some(job) = inner.jobs.get_mut(job_id) else {
             return Err(0);
         };
@@ -294,7 +317,7 @@ impl Jobs {
         let mut record = JobRecord::new(new, JobState::Running);
         record.phase = Phase::Rollback;
         let mut inner = self.lock();
-        inner.busy_domains.insert(record.domain_uuid.clone());
+        inner.hold(&record.domain_uuid, &record.job_id);
         inner.jobs.insert(record.job_id.clone(), record);
     }
 
@@ -303,7 +326,7 @@ impl Jobs {
     fn replace(inner: &mut Inner, mut record: JobRecord) {
         if let Some(old) = inner.jobs.remove(&record.job_id) {
             record.answered = old.answered;
-            inner.busy_domains.remove(&old.domain_uuid);
+            inner.release(&old.domain_uuid, &old.job_id);
         }
         inner.jobs.insert(record.job_id.clone(), record);
     }
@@ -338,7 +361,7 @@ impl Jobs {
         job.result = Some(result.clone());
         let _ = job.answered.send(Some(Ok(result)));
         let domain = job.domain_uuid.clone();
-        inner.busy_domains.remove(&domain);
+        inner.release(&domain, job_id);
         drop(inner);
         self.ended.notify_waiters();
     }
@@ -443,7 +466,7 @@ impl Jobs {
         let (domain, held) = (job.domain_uuid.clone(), !job.waiting_for_domain);
         job.waiting_for_domain = false;
         if held {
-            inner.busy_domains.remove(&domain);
+            inner.release(&domain, job_id);
         }
         Self::renumber_queue(&mut inner);
         inner.finished.push_back(job_id.to_string());
@@ -527,3 +550,7 @@ impl Jobs {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "jobs_tests.rs"]
+mod tests;
