@@ -64,6 +64,7 @@ fn rust_layouts() -> Vec<Layout> {
             name
         }),
         layout!(rbd_snap_info_t { id, size, name }),
+        layout!(rbd_image_watcher_t { addr, id, cookie }),
     ]
 }
 

@@ -505,6 +505,28 @@ impl Jobs {
         self.lock().jobs.get(job_id).cloned()
     }
 
+    /// The running job that answered with `image` among its images (its
+    /// flatten still runs on it), if any.
+    pub fn working_on(&self, image: &crate::rbd::ImageSpec) -> Option<String> {
+        let names = |result: &Value| {
+            result
+                .get("disks")
+                .and_then(Value::as_array)
+                .is_some_and(|disks| {
+                    disks.iter().any(|d| {
+                        d.get("pool").and_then(Value::as_str) == Some(image.pool.as_str())
+                            && d.get("image").and_then(Value::as_str) == Some(image.name.as_str())
+                    })
+                })
+        };
+        self.lock()
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running)
+            .find(|j| j.result.as_ref().is_some_and(names))
+            .map(|j| j.job_id.clone())
+    }
+
     /// Jobs still running.
     pub fn running(&self) -> usize {
         self.lock()

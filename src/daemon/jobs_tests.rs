@@ -40,7 +40,10 @@ fn a_refused_or_queued_job_never_releases_the_holders_domain() {
     let jobs = Jobs::default();
     assert!(jobs.start(new_job("a", "d")).is_ok());
     let _cancel = jobs.enqueue(new_job("q", "d"));
-    assert!(jobs.start_queued("q").is_err(), "the queued job ran beside A");
+    assert!(
+        jobs.start_queued("q").is_err(),
+        "the queued job ran beside A"
+    );
     // the queued job gives up: A keeps the domain
     jobs.finish("q", &Err(RpcError::new(ErrorKind::Cancelled, "gave up")));
     assert!(busy(&jobs, "c", "d"));

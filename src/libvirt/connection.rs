@@ -9,10 +9,13 @@ use std::os::raw::{c_char, c_uint};
 use std::sync::{Arc, Mutex};
 
 use virt::connect::Connect;
-use virt::domain::{Domain, DomainState as VirtState};
+use virt::domain::{
+    Domain, DomainShutoffReason as ShutoffReason, DomainState as VirtState,
+    DomainStateReason as StateReason,
+};
 use virt::enumutil::Enum;
 
-use super::{xml, DomainInfo, DomainState, FreezeStatus, FsInfo, Hypervisor};
+use super::{xml, DomainInfo, DomainState, FreezeStatus, FsInfo, Hypervisor, Presence};
 use super::{LibvirtError, LibvirtErrorKind};
 
 /// The real hypervisor: a libvirt connection to `uri`.
@@ -254,6 +257,30 @@ impl Hypervisor for LibvirtHypervisor {
             )),
             _ => Ok(false),
         }
+    }
+
+    fn presence(&self, uuid: &str) -> Result<Presence, LibvirtError> {
+        let dom = match self.lookup(uuid) {
+            Ok(dom) => dom,
+            Err(e) if e.kind == LibvirtErrorKind::DomainNotFound => return Ok(Presence::Gone),
+            Err(e) => return Err(e),
+        };
+        let failed = |e: virt::error::Error| LibvirtError::from_virt("state", uuid, &e);
+        let (state, reason) = dom.state().map_err(failed)?;
+        if dom.is_active().map_err(failed)? {
+            return Ok(match state {
+                Enum::Known(VirtState::Running) => Presence::Running,
+                _ => Presence::Paused,
+            });
+        }
+        let saved_to_file = matches!(
+            reason,
+            Enum::Known(StateReason::Shutoff(Enum::Known(ShutoffReason::Saved)))
+        );
+        if saved_to_file || dom.has_managed_save(0).map_err(failed)? {
+            return Ok(Presence::Saved);
+        }
+        Ok(Presence::ShutOff)
     }
 
     fn freeze_status(&self, uuid: &str) -> Result<FreezeStatus, LibvirtError> {

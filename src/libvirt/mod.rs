@@ -46,6 +46,26 @@ pub enum DomainState {
     Other,
 }
 
+/// Whether a domain can still hold a freeze: what a thaw guard asks when
+/// libvirt refuses its thaw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// Running: a thaw reaches the agent.
+    Running,
+    /// Active with its vCPUs stopped (paused by an operator or an I/O
+    /// error, suspended to RAM, saving): its memory lives on, a freeze with
+    /// it, and the agent answers once it runs again.
+    Paused,
+    /// Shut off with its memory saved (managed save, or a save to a file):
+    /// a restore brings a freeze back with it.
+    Saved,
+    /// Shut off without saved memory: a boot starts with nothing frozen.
+    ShutOff,
+    /// libvirt does not know the domain any more.
+    Gone,
+}
+
 /// A disk of the domain.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Disk {
@@ -152,4 +172,6 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// not (nothing to do), so that a retry after an answer lost on the way
     /// is harmless.
     fn resume(&self, uuid: &str) -> Result<bool, LibvirtError>;
+    /// Whether the domain runs, is paused, saved, shut off or gone.
+    fn presence(&self, uuid: &str) -> Result<Presence, LibvirtError>;
 }

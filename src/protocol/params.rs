@@ -266,22 +266,12 @@ fn delete_target(p: DeleteParams) -> Result<Call, RpcError> {
     Ok(Call::SnapshotDelete { pool, image, fsid })
 }
 
-/// `rbd://<fsid>/<pool>/<image>/<snap>` → (fsid, pool, image).
+/// `rbd://<fsid>/<pool>/<image>/<snap>` → (fsid, pool, image), each part
+/// percent-decoded as Glance and Nova read it.
 pub fn parse_location(location: &str) -> Result<(String, String, String), RpcError> {
-    let parts: Vec<&str> = location
-        .strip_prefix("rbd://")
-        .unwrap_or_default()
-        .split('/')
-        .collect();
-    match parts.as_slice() {
-        [fsid, pool, image, snap] if !fsid.is_empty() && !snap.is_empty() => {
-            Ok((fsid.to_string(), pool.to_string(), image.to_string()))
-        }
-        _ => Err(RpcError::new(
-            ErrorKind::InvalidParams,
-            format!("location {location:?} is not rbd://fsid/pool/image/snap"),
-        )),
-    }
+    let parsed = crate::rbd::Location::parse(location)
+        .map_err(|e| RpcError::new(ErrorKind::InvalidParams, e.to_string()))?;
+    Ok((parsed.fsid, parsed.pool, parsed.image))
 }
 
 #[cfg(test)]

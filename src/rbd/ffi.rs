@@ -94,6 +94,16 @@ pub struct rbd_snap_info_t {
     pub name: *const c_char,
 }
 
+/// One client with the image open (`rbd_watchers_list`; addresses freed by
+/// `rbd_watchers_list_cleanup`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct rbd_image_watcher_t {
+    pub addr: *mut c_char,
+    pub id: i64,
+    pub cookie: u64,
+}
+
 #[link(name = "rbd")]
 extern "C" {
     pub fn rbd_version(major: *mut c_int, minor: *mut c_int, extra: *mut c_int);
@@ -203,6 +213,14 @@ extern "C" {
         val_len: *mut usize,
     ) -> c_int;
     pub fn rbd_metadata_set(image: rbd_image_t, key: *const c_char, value: *const c_char) -> c_int;
+
+    pub fn rbd_get_id(image: rbd_image_t, id: *mut c_char, id_len: usize) -> c_int;
+    pub fn rbd_watchers_list(
+        image: rbd_image_t,
+        watchers: *mut rbd_image_watcher_t,
+        max_watchers: *mut usize,
+    ) -> c_int;
+    pub fn rbd_watchers_list_cleanup(watchers: *mut rbd_image_watcher_t, num_watchers: usize);
 }
 
 // librados comes through the `ceph` crate's bindings (`ceph::rados`); the

@@ -303,6 +303,22 @@ impl Image for RbdImage {
         }
     }
 
+    fn id(&self) -> Result<String, RbdError> {
+        read_string(
+            |buf, len| {
+                // SAFETY: open image; `buf` has `*len` bytes. librbd answers
+                // -ERANGE when they are too few (the caller then doubles).
+                unsafe { ffi::rbd_get_id(self.handle, buf, *len) }
+            },
+            "get id",
+            || self.spec.to_string(),
+        )
+    }
+
+    fn watchers(&self) -> Result<Vec<String>, RbdError> {
+        self.watcher_addrs()
+    }
+
     fn size(&self) -> Result<u64, RbdError> {
         let mut size = 0u64;
         // SAFETY: open image, `size` valid for writes.

@@ -112,6 +112,37 @@ impl RbdImage {
         }
     }
 
+    /// The addresses of the image's watchers (clients with it open
+    /// read-write).
+    pub(super) fn watcher_addrs(&self) -> Result<Vec<String>, RbdError> {
+        let mut max: usize = 8;
+        loop {
+            let empty = || ffi::rbd_image_watcher_t {
+                addr: ptr::null_mut(),
+                id: 0,
+                cookie: 0,
+            };
+            let mut list: Vec<_> = (0..max).map(|_| empty()).collect();
+            let asked = max;
+            // SAFETY: `list` holds `max` writable entries; librbd fills at
+            // most that many and sets `max` to the count (or, with -ERANGE,
+            // to what it needs).
+            let rc = unsafe { ffi::rbd_watchers_list(self.handle(), list.as_mut_ptr(), &mut max) };
+            if rc == ERANGE && asked < 4096 {
+                max = max.max(asked * 2);
+                continue;
+            }
+            RbdError::check("watchers", rc, || self.spec().to_string())?;
+            let n = max.min(asked);
+            // SAFETY: librbd filled the first `n` entries with addresses it
+            // allocated; they live until the cleanup below.
+            let addrs = list[..n].iter().map(|w| unsafe { owned(w.addr) }).collect();
+            // SAFETY: frees exactly the `n` entries librbd filled, once.
+            unsafe { ffi::rbd_watchers_list_cleanup(list.as_mut_ptr(), n) };
+            return Ok(addrs);
+        }
+    }
+
     /// Whether a listed snapshot is a user one (not in the trash, a group or
     /// mirroring namespace); a snapshot gone since the listing is not.
     pub(super) fn is_user_snapshot(&self, snap_id: u64) -> Result<bool, RbdError> {

@@ -17,11 +17,13 @@ mod fence;
 pub mod ffi;
 mod flatten;
 mod image;
+mod location;
 mod lookup;
 mod store;
 mod tasks;
 
 pub use error::{RbdError, RbdErrorKind};
+pub use location::{BadLocation, Location};
 pub use store::CephStore;
 pub use tasks::MgrTask;
 
@@ -125,6 +127,15 @@ pub trait Image: Send + Sync + fmt::Debug {
     fn metadata(&self, key: &str) -> Result<Option<String>, RbdError>;
     /// Image size in bytes.
     fn size(&self) -> Result<u64, RbdError>;
+    /// The image's RBD id: made by the cluster when the image is created,
+    /// kept across renames, never copied into a clone or a copy (its
+    /// metadata is) — what proves that an image is the one we made.
+    fn id(&self) -> Result<String, RbdError>;
+    /// The addresses of the clients that have the image open read-write
+    /// (each holds a watch on it; a read-only handle holds none).
+    fn watchers(&self) -> Result<Vec<String>, RbdError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The cluster side: pools, image lifecycle, cluster identity.
@@ -137,6 +148,11 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
     fn image_exists(&self, image: &ImageSpec) -> Result<bool, RbdError>;
     /// Open an image for the calls of [`Image`].
     fn open(&self, image: &ImageSpec) -> Result<Arc<dyn Image>, RbdError>;
+    /// Open an image only to look at it: no watch, no lock, nothing another
+    /// client of the image notices (writes through it fail).
+    fn open_read_only(&self, image: &ImageSpec) -> Result<Arc<dyn Image>, RbdError> {
+        self.open(image)
+    }
     /// The newest clone format the cluster allows.
     fn clone_format(&self) -> Result<CloneFormat, RbdError>;
     /// Clone `parent@snap` into `child` in the given format.

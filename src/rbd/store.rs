@@ -195,6 +195,14 @@ impl ImageStore for CephStore {
         )?))
     }
 
+    fn open_read_only(&self, image: &ImageSpec) -> Result<Arc<dyn Image>, RbdError> {
+        Ok(Arc::new(RbdImage::open(
+            self.pool(image)?,
+            image.clone(),
+            true,
+        )?))
+    }
+
     fn clone_format(&self) -> Result<CloneFormat, RbdError> {
         Ok(if self.cluster.allows_clone_v2()? {
             CloneFormat::V2

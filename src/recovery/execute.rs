@@ -11,7 +11,7 @@ use crate::journal::Outcome;
 use crate::owners::{Late, CEPH};
 use crate::protocol::{ErrorKind, RpcError};
 use crate::rbd::{ImageSpec, ImageStore, RbdErrorKind};
-use crate::snapshot::{saga, FlattenMode, METADATA_JOB};
+use crate::snapshot::{saga, FlattenMode};
 
 /// What recovering a job did, or why it must wait.
 #[derive(Debug)]
@@ -103,12 +103,11 @@ async fn run(
             }
         },
         Action::RemovePartial { dest, source } => {
-            if !ours(store.as_ref(), &dest, &source, &temp, &job_id)? {
-                return Ok(None);
+            match saga::remove_if_made_by(store.as_ref(), &dest, &job_id, &source, &temp) {
+                Ok(true) => Ok(Some(format!("removed partial image {dest}"))),
+                Ok(false) => Ok(None),
+                Err(e) => Err(format!("remove {dest}: {e}")),
             }
-            saga::remove_image_and_snapshots(store.as_ref(), &dest)
-                .map_err(|e| format!("remove {dest}: {e}"))?;
-            Ok(Some(format!("removed partial image {dest}")))
         }
         Action::RemoveTemp { source, required } => {
             let removed = store
@@ -131,29 +130,4 @@ async fn run(
         Err(Late::Saturated(msg)) => Err(msg),
         Err(Late::Panicked(msg)) => Err(format!("{what} panicked: {msg}")),
     }
-}
-
-/// An image is this job's only if it says so, or hangs off its snapshot.
-fn ours(
-    store: &dyn ImageStore,
-    dest: &ImageSpec,
-    source: &ImageSpec,
-    temp: &str,
-    job_id: &str,
-) -> Result<bool, String> {
-    let image = match store.open(dest) {
-        Ok(image) => image,
-        Err(e) if e.kind == RbdErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(format!("open {dest}: {e}")),
-    };
-    if image
-        .metadata(METADATA_JOB)
-        .map_err(|e| e.to_string())?
-        .as_deref()
-        == Some(job_id)
-    {
-        return Ok(true);
-    }
-    let parent = image.parent().map_err(|e| e.to_string())?;
-    Ok(parent.is_some_and(|p| &p.image == source && p.snap == temp))
 }

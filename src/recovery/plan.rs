@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::Trail;
 use crate::protocol::{ErrorKind, RpcError};
-use crate::rbd::ImageSpec;
+use crate::rbd::{ImageSpec, Location};
 use crate::snapshot::{FlattenMode, Step, FINAL_SNAPSHOT};
 
 /// One thing recovery does in Ceph.
@@ -161,7 +161,13 @@ fn keep(trail: &Trail, fsid: &str, dests: &[ImageSpec], notes: &mut Vec<String>)
             pool: d.pool.clone(),
             image: d.name.clone(),
             snapshot: FINAL_SNAPSHOT.to_string(),
-            location: format!("rbd://{fsid}/{}/{}/{FINAL_SNAPSHOT}", d.pool, d.name),
+            location: Location {
+                fsid: fsid.to_string(),
+                pool: d.pool.clone(),
+                image: d.name.clone(),
+                snapshot: FINAL_SNAPSHOT.to_string(),
+            }
+            .to_string(),
         })
         .collect();
     let mut recovered = RecoveredResult {

@@ -6,7 +6,9 @@
 //!
 //! A guard is cleared only when the agent itself reports the guest thawed
 //! and no freeze call of ours is still running (a late freeze can land after
-//! any thaw that came before it). While a domain has a guard, it gets no
+//! any thaw that came before it), or when the domain is shut off without
+//! saved memory or gone. A paused or saved guest keeps its guard: its
+//! memory, and a freeze in it, comes back when it runs. While a domain has a guard, it gets no
 //! new snapshot.
 //!
 //! A guard whose job paused the vCPUs resumes them first (a paused guest's
@@ -25,7 +27,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use super::blocking;
-use crate::libvirt::{FreezeStatus, Hypervisor, LibvirtError, LibvirtErrorKind};
+use crate::libvirt::{FreezeStatus, Hypervisor, LibvirtError, LibvirtErrorKind, Presence};
 
 /// First wait between two attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -95,12 +97,16 @@ impl Window {
 }
 
 /// One blocking attempt: the resume's answer (when the window paused),
-/// the thaw's (when it froze) and, when asked, the agent's view after it.
-type Attempt = (
-    Option<Result<bool, LibvirtError>>,
-    Option<Result<u32, LibvirtError>>,
-    Option<Result<FreezeStatus, LibvirtError>>,
-);
+/// the thaw's (when it froze) and, when asked, the agent's view after it;
+/// and, when libvirt refused any of them as "not running" or "no such
+/// domain", where the domain is.
+#[derive(Debug)]
+pub struct Attempt {
+    resumed: Option<Result<bool, LibvirtError>>,
+    thawed: Option<Result<u32, LibvirtError>>,
+    status: Option<Result<FreezeStatus, LibvirtError>>,
+    presence: Option<Result<Presence, LibvirtError>>,
+}
 
 /// A thaw attempt still running past its deadline, handed on to whoever
 /// tries next.
@@ -115,7 +121,8 @@ pub enum Thaw {
     /// The agent reports thawed (or, without an agent to ask, the thaw
     /// answered).
     Confirmed,
-    /// The domain is gone or stopped: nothing is frozen any more.
+    /// The domain is shut off (without saved memory) or gone: nothing is
+    /// frozen any more.
     Gone,
     /// Not confirmed; why.
     NotYet(String),
@@ -143,7 +150,21 @@ pub async fn attempt(
                 let running = !matches!(resumed, Some(Err(_)));
                 let thawed = (window.thaw && running).then(|| hv.thaw(&id, &[]));
                 let status = (window.thaw && running && ask).then(|| hv.freeze_status(&id));
-                (resumed, thawed, status)
+                let refused = [
+                    resumed.as_ref().and_then(|r| r.as_ref().err()),
+                    thawed.as_ref().and_then(|r| r.as_ref().err()),
+                    status.as_ref().and_then(|r| r.as_ref().err()),
+                ]
+                .into_iter()
+                .flatten()
+                .any(not_running);
+                let presence = refused.then(|| hv.presence(&id));
+                Attempt {
+                    resumed,
+                    thawed,
+                    status,
+                    presence,
+                }
             };
             match blocking::spawn_thaw(call) {
                 Ok(handle) => handle,
@@ -164,18 +185,50 @@ pub async fn attempt(
     }
 }
 
-fn gone(e: &LibvirtError) -> bool {
+/// libvirt's answer for a domain that is not running or not there: then
+/// only the domain's presence tells whether a freeze can still be in it.
+fn not_running(e: &LibvirtError) -> bool {
     matches!(
         e.kind,
         LibvirtErrorKind::DomainNotFound | LibvirtErrorKind::NotRunning
     )
 }
 
-fn judge((resumed, thawed, status): Attempt) -> Thaw {
-    match resumed {
-        Some(Err(e)) if gone(&e) => return Thaw::Gone,
-        Some(Err(e)) => return Thaw::NotYet(format!("resume: {e}")),
-        _ => {}
+/// Only a domain shut off without saved memory (a boot starts thawed) or
+/// gone ends a guard; a paused or saved one keeps it until it runs.
+fn judge_presence(presence: Result<Presence, LibvirtError>) -> Option<Thaw> {
+    match presence {
+        Ok(Presence::ShutOff | Presence::Gone) => Some(Thaw::Gone),
+        Ok(Presence::Paused) => Some(Thaw::NotYet(
+            "the domain is paused (its vCPUs stopped): the agent cannot thaw until it runs \
+             again; thawed as soon as it does"
+                .into(),
+        )),
+        Ok(Presence::Saved) => Some(Thaw::NotYet(
+            "the domain is shut off with its memory saved: a restore brings the freeze back; \
+             thawed once it runs again"
+                .into(),
+        )),
+        // refused as not running, yet running: paused and resumed meanwhile
+        Ok(Presence::Running) => None,
+        Err(e) => Some(Thaw::NotYet(format!(
+            "libvirt refused the thaw and cannot say whether the domain runs: {e}"
+        ))),
+    }
+}
+
+fn judge(attempt: Attempt) -> Thaw {
+    let Attempt {
+        resumed,
+        thawed,
+        status,
+        presence,
+    } = attempt;
+    if let Some(verdict) = presence.and_then(judge_presence) {
+        return verdict;
+    }
+    if let Some(Err(e)) = resumed {
+        return Thaw::NotYet(format!("resume: {e}"));
     }
     let Some(thawed) = thawed else {
         return Thaw::Confirmed;
@@ -183,16 +236,13 @@ fn judge((resumed, thawed, status): Attempt) -> Thaw {
     let Some(status) = status else {
         return match thawed {
             Ok(_) => Thaw::Confirmed,
-            Err(e) if gone(&e) => Thaw::Gone,
             Err(e) => Thaw::NotYet(format!("thaw: {e}")),
         };
     };
     match (&thawed, status) {
-        (Err(e), _) if gone(e) => Thaw::Gone,
         (_, Ok(FreezeStatus::Thawed)) => Thaw::Confirmed,
         // a driver without a real agent: the thaw's own answer is all there is
         (Ok(_), Err(e)) if e.kind == LibvirtErrorKind::Unsupported => Thaw::Confirmed,
-        (_, Err(e)) if gone(&e) => Thaw::Gone,
         (Ok(_), Ok(FreezeStatus::Frozen)) => {
             Thaw::NotYet("the agent still reports the guest frozen".into())
         }

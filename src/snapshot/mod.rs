@@ -20,6 +20,7 @@ pub mod capture;
 mod error;
 pub mod flatten;
 pub mod guard;
+pub mod ownership;
 mod pause;
 pub mod preflight;
 pub mod saga;
@@ -34,6 +35,10 @@ pub mod workflow;
 /// other crates' tests.
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
+#[cfg(test)]
+mod guard_tests;
+#[cfg(test)]
+mod ownership_tests;
 #[cfg(test)]
 mod pause_tests;
 #[cfg(test)]

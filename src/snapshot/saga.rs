@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::blocking;
+use super::{blocking, ownership};
 use crate::rbd::{Image, ImageSpec, ImageStore, RbdError, RbdErrorKind};
 
 /// A call that missed its deadline and may still land: waited for before
@@ -27,10 +27,15 @@ pub enum Undo {
         /// A create call still running past its deadline.
         pending: Option<Pending>,
     },
-    /// Remove an image this job created: its snapshots, then the image.
+    /// Remove an image this job created: its snapshots, then the image —
+    /// once it is proven this job's ([`ownership::made_by_job`]).
     CreatedImage {
         /// The image.
         spec: ImageSpec,
+        /// The source it was cloned from.
+        source: ImageSpec,
+        /// The job's temporary snapshot on the source.
+        temp: String,
         /// A clone call still running past its deadline.
         pending: Option<Pending>,
     },
@@ -132,7 +137,10 @@ impl Saga {
     /// stalled), so rollback waits for it before removing the image.
     pub fn set_pending_for(&mut self, spec: &ImageSpec, late: Pending) {
         for step in self.steps.iter_mut().rev() {
-            if let Undo::CreatedImage { spec: s, pending } = step {
+            if let Undo::CreatedImage {
+                spec: s, pending, ..
+            } = step
+            {
                 if s == spec {
                     *pending = Some(late);
                     return;
@@ -164,12 +172,17 @@ impl Saga {
                 self.call(&what, move || image.remove_snapshot(&snap, true))
                     .await
             }
-            Undo::CreatedImage { spec, pending } => {
+            Undo::CreatedImage {
+                spec,
+                source,
+                temp,
+                pending,
+            } => {
                 let what = format!("remove image {spec}");
                 self.wait_for(&what, pending).await?;
-                let store = Arc::clone(&self.store);
+                let (store, job_id) = (Arc::clone(&self.store), self.job_id.clone());
                 self.call(&what, move || {
-                    remove_image_and_snapshots(store.as_ref(), &spec)
+                    remove_if_made_by(store.as_ref(), &spec, &job_id, &source, &temp).map(drop)
                 })
                 .await
             }
@@ -209,6 +222,31 @@ impl Saga {
             )),
         }
     }
+}
+
+/// Remove `spec` with its snapshots if job `job_id` provably made it (a
+/// clone of `source@temp`, or marked by the job); whether it did. An image
+/// someone else made under that name meanwhile stays, as does a missing one.
+pub fn remove_if_made_by(
+    store: &dyn ImageStore,
+    spec: &ImageSpec,
+    job_id: &str,
+    source: &ImageSpec,
+    temp: &str,
+) -> Result<bool, RbdError> {
+    let image = match store.open(spec) {
+        Ok(image) => image,
+        Err(e) if e.kind == RbdErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if !ownership::made_by_job(image.as_ref(), job_id, source, temp)? {
+        tracing::warn!(image = %spec, job_id,
+            "not removing: the image under that name is not this job's");
+        return Ok(false);
+    }
+    drop(image);
+    remove_image_and_snapshots(store, spec)?;
+    Ok(true)
 }
 
 /// Remove an image and every snapshot on it (unprotecting them); an image

@@ -11,12 +11,12 @@ use super::flatten;
 use super::preflight::{self, Plan, PlannedDisk};
 use super::saga::{Saga, Undo};
 use super::{
-    DiskResult, FlattenMode, JobHooks, Phase, Progress, Settings, SnapshotError,
+    ownership, DiskResult, FlattenMode, JobHooks, Phase, Progress, Settings, SnapshotError,
     SnapshotErrorKind as Kind, SnapshotRequest, SnapshotResult, Step, Timings, FINAL_SNAPSHOT,
-    METADATA_HOST, METADATA_JOB, METADATA_SOURCE, TEMP_SNAPSHOT_PREFIX,
+    TEMP_SNAPSHOT_PREFIX,
 };
 use crate::libvirt::Hypervisor;
-use crate::rbd::{CloneFormat, Image, ImageStore, RbdErrorKind};
+use crate::rbd::{CloneFormat, Image, ImageStore, Location, RbdErrorKind};
 
 /// Each undo step's deadline when the job failed because the cluster does
 /// not answer: one short try, then recovery takes over.
@@ -264,34 +264,30 @@ impl Job<'_> {
         let outcome = blocking::ceph(deadline, move || {
             store.clone_image(&parent, &snap, &child, format)?;
             let image = store.open(&child)?;
-            image.set_metadata(METADATA_JOB, &job_id)?;
-            image.set_metadata(METADATA_SOURCE, &source)?;
-            image.set_metadata(METADATA_HOST, &host)?;
+            ownership::stamp(image.as_ref(), &job_id, &source, &host)?;
             Ok::<_, crate::rbd::RbdError>(image)
         })
         .await;
+        // the undo removes only what provably is this job's (a name taken
+        // by someone else since pre-flight is theirs)
+        let undo = || Undo::CreatedImage {
+            spec: disk.dest.clone(),
+            source: disk.source.spec().clone(),
+            temp: temp.to_string(),
+            pending: None,
+        };
         match outcome {
             Ok(Ok(image)) => {
-                saga.record(Undo::CreatedImage {
-                    spec: disk.dest.clone(),
-                    pending: None,
-                });
+                saga.record(undo());
                 Ok(image)
             }
-            // someone else's image took the name since pre-flight: not ours to remove
             Ok(Err(e)) if e.kind == RbdErrorKind::Exists => Err(SnapshotError::rbd(&e)),
             Ok(Err(e)) => {
-                saga.record(Undo::CreatedImage {
-                    spec: disk.dest.clone(),
-                    pending: None,
-                });
+                saga.record(undo());
                 Err(SnapshotError::rbd(&e))
             }
             Err(late) => {
-                saga.record(Undo::CreatedImage {
-                    spec: disk.dest.clone(),
-                    pending: None,
-                });
+                saga.record(undo());
                 if let Late::TimedOut(handle) = late {
                     // the rollback waits for the late clone, not its handle
                     saga.set_pending(tokio::spawn(async move {
@@ -367,10 +363,13 @@ impl Job<'_> {
                 pool: d.dest.pool.clone(),
                 image: d.dest.name.clone(),
                 snapshot: FINAL_SNAPSHOT.to_string(),
-                location: format!(
-                    "rbd://{}/{}/{}/{FINAL_SNAPSHOT}",
-                    plan.fsid, d.dest.pool, d.dest.name
-                ),
+                location: Location {
+                    fsid: plan.fsid.clone(),
+                    pool: d.dest.pool.clone(),
+                    image: d.dest.name.clone(),
+                    snapshot: FINAL_SNAPSHOT.to_string(),
+                }
+                .to_string(),
                 parent: (!flattened).then(|| format!("{}@{temp}", d.source.spec())),
                 flatten_task: tasks.get(i).cloned(),
             })

@@ -3,7 +3,8 @@
 
 use super::Fake;
 use crate::libvirt::{
-    DomainInfo, FreezeStatus, FsInfo, Hypervisor, LibvirtError, LibvirtErrorKind,
+    DomainInfo, DomainState, FreezeStatus, FsInfo, Hypervisor, LibvirtError, LibvirtErrorKind,
+    Presence,
 };
 use std::sync::Arc;
 
@@ -62,6 +63,7 @@ impl Hypervisor for FakeHv {
     fn thaw(&self, uuid: &str, _mountpoints: &[String]) -> Result<u32, LibvirtError> {
         let _job = self.0.agent_job.lock().expect("agent job");
         self.0.hv_fault("thaw")?;
+        self.0.refuse_if_stopped("thaw", uuid)?;
         let was = self
             .0
             .world
@@ -85,7 +87,22 @@ impl Hypervisor for FakeHv {
         Ok(w.paused.insert(uuid.into(), false) == Some(true))
     }
 
+    fn presence(&self, uuid: &str) -> Result<Presence, LibvirtError> {
+        self.0.hv_fault("presence")?;
+        let w = self.0.world.lock().expect("world");
+        let Some(domain) = w.domains.iter().find(|d| d.uuid == uuid) else {
+            return Ok(Presence::Gone);
+        };
+        Ok(match domain.state {
+            DomainState::Running if w.paused.get(uuid) == Some(&true) => Presence::Paused,
+            DomainState::Running => Presence::Running,
+            DomainState::Paused | DomainState::Other => Presence::Paused,
+            DomainState::Shutoff => Presence::ShutOff,
+        })
+    }
+
     fn freeze_status(&self, uuid: &str) -> Result<FreezeStatus, LibvirtError> {
+        self.0.refuse_if_stopped("fsfreeze status", uuid)?;
         self.0.hv_fault("freeze_status")?;
         let frozen = self
             .0

@@ -32,6 +32,8 @@ pub struct FakeImage {
     pub clone_format: Option<CloneFormat>,
     pub metadata: HashMap<String, String>,
     pub limit: Option<u64>,
+    /// The image's RBD id; empty: derived from its name.
+    pub id: String,
     /// Snapshots removed while v2 clones used them (Ceph's trash namespace).
     pub trashed: Vec<String>,
 }
@@ -220,6 +222,36 @@ impl Fake {
                 LibvirtErrorKind::Other,
                 format!("injected at {point}"),
             )),
+        }
+    }
+}
+
+impl Fake {
+    /// libvirt refuses agent calls on a domain whose vCPUs an operator
+    /// stopped (or that is shut off) with "domain is not running".
+    fn refuse_if_stopped(&self, op: &'static str, uuid: &str) -> Result<(), LibvirtError> {
+        let w = self.world.lock().expect("world");
+        let stopped = w
+            .domains
+            .iter()
+            .find(|d| d.uuid == uuid)
+            .is_some_and(|d| d.state != DomainState::Running);
+        if stopped {
+            return Err(LibvirtError::new(
+                op,
+                uuid,
+                LibvirtErrorKind::NotRunning,
+                "Requested operation is not valid: domain is not running",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Set a domain's run state (an operator's pause, a shutdown).
+    pub fn set_state(&self, uuid: &str, state: DomainState) {
+        let mut w = self.world.lock().expect("world");
+        if let Some(d) = w.domains.iter_mut().find(|d| d.uuid == uuid) {
+            d.state = state;
         }
     }
 }

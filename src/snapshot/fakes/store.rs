@@ -5,11 +5,15 @@ use super::{key, not_found, Fake, FakeImage, World};
 use crate::rbd::{
     CloneFormat, FlattenProgress, Image, ImageSpec, ImageStore, ParentSpec, RbdError, RbdErrorKind,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The fake as an image store.
 #[derive(Debug, Clone)]
 pub struct FakeStore(pub Arc<Fake>);
+
+/// Image ids, unique in the process as the cluster's are in a pool.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// An open fake image.
 #[derive(Debug)]
@@ -188,6 +192,16 @@ impl Image for FakeImageHandle {
     fn size(&self) -> Result<u64, RbdError> {
         Ok(1 << 30)
     }
+    fn id(&self) -> Result<String, RbdError> {
+        self.with("get id", |w, k| {
+            let image = img(w, k);
+            Ok(if image.id.is_empty() {
+                format!("id-{k}")
+            } else {
+                image.id.clone()
+            })
+        })
+    }
 }
 
 impl ImageStore for FakeStore {
@@ -264,15 +278,21 @@ impl ImageStore for FakeStore {
                 "exists",
             ));
         }
+        // as librbd does: a clone gets a fresh id and a copy of its
+        // parent's metadata (ours included)
+        let metadata = p.metadata.clone();
         let parent = Some(ParentSpec {
             image: parent.clone(),
             snap: snap.into(),
         });
+        let id = format!("fake{:08x}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
         w.images.insert(
             key(child),
             FakeImage {
                 parent,
                 clone_format: Some(format),
+                metadata,
+                id,
                 ..Default::default()
             },
         );
