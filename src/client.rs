@@ -117,6 +117,7 @@ impl ErrorClass {
             | K::DomainNotRunning
             | K::DiskNotFound
             | K::DiskNotRbd
+            | K::DiskOtherCluster
             | K::PoolNotFound
             | K::NoDestinationPool
             | K::ImageExists

@@ -68,6 +68,7 @@ const CREATE_ERRORS: &[ErrorKind] = &[
     ErrorKind::DomainNotRunning,
     ErrorKind::DiskNotFound,
     ErrorKind::DiskNotRbd,
+    ErrorKind::DiskOtherCluster,
     ErrorKind::PoolNotFound,
     ErrorKind::NoDestinationPool,
     ErrorKind::ImageExists,

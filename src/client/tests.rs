@@ -289,6 +289,7 @@ fn every_error_kind_has_the_documented_class() {
         "domain_not_running",
         "disk_not_found",
         "disk_not_rbd",
+        "disk_other_cluster",
         "pool_not_found",
         "no_destination_pool",
         "image_exists",

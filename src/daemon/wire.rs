@@ -15,6 +15,7 @@ pub fn snapshot_error(err: &SnapshotError, job_id: &str) -> RpcError {
         S::DomainNotRunning => ErrorKind::DomainNotRunning,
         S::DiskNotFound => ErrorKind::DiskNotFound,
         S::DiskNotRbd => ErrorKind::DiskNotRbd,
+        S::DiskOtherCluster => ErrorKind::DiskOtherCluster,
         S::PoolNotFound => ErrorKind::PoolNotFound,
         S::PermissionDenied => ErrorKind::PermissionDenied,
         S::NoDestinationPool => ErrorKind::NoDestinationPool,

@@ -46,6 +46,7 @@ error_kinds! {
     DomainNotRunning = 1002, "domain_not_running";
     DiskNotFound = 1003, "disk_not_found";
     DiskNotRbd = 1004, "disk_not_rbd";
+    DiskOtherCluster = 1005, "disk_other_cluster";
     PoolNotFound = 1010, "pool_not_found";
     NoDestinationPool = 1011, "no_destination_pool";
     ImageExists = 1012, "image_exists";

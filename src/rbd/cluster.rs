@@ -115,6 +115,26 @@ impl Cluster {
         Ok(fsid.to_string_lossy().into_owned())
     }
 
+    /// A configuration value as librados has it (after the file and
+    /// overrides).
+    pub(super) fn conf_get(&self, key: &str) -> Result<String, RbdError> {
+        let c_key = c_string("conf get", &key, key)?;
+        super::lookup::read_string(
+            |buf, len| {
+                // SAFETY: `c_key` is a C string and `buf` has `*len` bytes;
+                // librados answers -ENAMETOOLONG when they are too few.
+                let rc = unsafe { rados::rados_conf_get(self.0, c_key.as_ptr(), buf, *len) };
+                if rc == -(nix::errno::Errno::ENAMETOOLONG as c_int) {
+                    -(nix::errno::Errno::ERANGE as c_int)
+                } else {
+                    rc
+                }
+            },
+            "conf get",
+            || key.to_string(),
+        )
+    }
+
     /// Whether a pool of that name exists.
     pub(super) fn pool_exists(&self, pool: &str) -> Result<bool, RbdError> {
         let c_pool = c_string("pool lookup", &pool, pool)?;

@@ -12,7 +12,7 @@ use ceph::rados;
 
 use super::cluster::Cluster;
 use super::ffi;
-use super::RbdError;
+use super::{RbdError, RbdErrorKind};
 
 /// Who answers a command.
 #[derive(Debug, Clone, Copy)]
@@ -113,5 +113,28 @@ impl Cluster {
             return Err(e);
         }
         Ok(Answer::bytes(answer.outbuf, answer.outlen))
+    }
+
+    /// Every address of every monitor in the monitor map (`mon dump`).
+    pub(super) fn monitor_map_addrs(&self) -> Result<Vec<super::monitors::Endpoint>, RbdError> {
+        let cmd = serde_json::json!({"prefix": "mon dump", "format": "json"});
+        let out = self.command(Daemon::Mon, "mon dump", "cluster", &cmd)?;
+        let map: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {
+            RbdError::new("mon dump", "cluster", RbdErrorKind::Other, e.to_string())
+        })?;
+        let addrs = map["mons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|mon| {
+                mon["public_addrs"]["addrvec"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+            })
+            .filter_map(|a| a["addr"].as_str())
+            .filter_map(super::monitors::Endpoint::parse)
+            .collect();
+        Ok(addrs)
     }
 }

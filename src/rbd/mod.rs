@@ -19,6 +19,7 @@ mod flatten;
 mod image;
 mod location;
 mod lookup;
+pub mod monitors;
 mod store;
 mod tasks;
 
@@ -167,6 +168,13 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
     /// a guest is frozen, since a snapshot needs the monitors.
     fn ping(&self) -> Result<(), RbdError> {
         Ok(())
+    }
+
+    /// This cluster's monitors (every address of its monitor map and of
+    /// the configured `mon_host`); empty when not known, which leaves a
+    /// disk's `<host>` elements unchecked.
+    fn monitors(&self) -> Result<Vec<monitors::Endpoint>, RbdError> {
+        Ok(Vec::new())
     }
 
     /// This client's address as the OSDs see it (journalled, so that a

@@ -203,6 +203,17 @@ impl ImageStore for CephStore {
         )?))
     }
 
+    fn monitors(&self) -> Result<Vec<super::monitors::Endpoint>, RbdError> {
+        let mut ours = super::monitors::parse_mon_host(&self.cluster.conf_get("mon_host")?);
+        // the monitor map has every monitor's v1 and v2 address; a client
+        // whose caps do not allow `mon dump` has the configured ones only
+        match self.cluster.monitor_map_addrs() {
+            Ok(addrs) => ours.extend(addrs),
+            Err(e) => tracing::debug!(error = %e, "no monitor map: comparing with mon_host only"),
+        }
+        Ok(ours)
+    }
+
     fn clone_format(&self) -> Result<CloneFormat, RbdError> {
         Ok(if self.cluster.allows_clone_v2()? {
             CloneFormat::V2

@@ -19,6 +19,8 @@ pub enum SnapshotErrorKind {
     DiskNotFound,
     /// A requested disk is not on RBD.
     DiskNotRbd,
+    /// A requested disk is an image of another Ceph cluster.
+    DiskOtherCluster,
     /// The destination pool does not exist.
     PoolNotFound,
     /// The caller's `[[policy]]` rules do not allow this destination pool.

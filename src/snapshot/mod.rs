@@ -36,7 +36,7 @@ pub mod workflow;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
 #[cfg(test)]
-mod guard_tests;
+mod neighbour_tests;
 #[cfg(test)]
 mod ownership_tests;
 #[cfg(test)]

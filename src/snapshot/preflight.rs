@@ -12,7 +12,7 @@ use super::{
 use crate::libvirt::{
     AgentChannel, Disk, DiskSource, DomainInfo, DomainState, FsInfo, Hypervisor, LibvirtErrorKind,
 };
-use crate::rbd::{CloneFormat, Image, ImageSpec, ImageStore};
+use crate::rbd::{monitors, CloneFormat, Image, ImageSpec, ImageStore};
 
 /// One disk to snapshot, resolved.
 #[derive(Debug)]
@@ -60,7 +60,11 @@ pub async fn plan(
         ));
     }
     let selected = select_disks(&domain, &req.disks)?;
-    let (fsid, clone_format) = {
+    let named: Vec<(String, Vec<String>)> = selected
+        .iter()
+        .map(|(disk, _)| (disk.target.clone(), monitors_of(disk)))
+        .collect();
+    let (fsid, clone_format, others) = {
         let (store, forced) = (Arc::clone(store), settings.clone_format);
         blocking::store("cluster info", deadline, move || {
             let format = match forced {
@@ -69,10 +73,17 @@ pub async fn plan(
             };
             // a snapshot needs the monitors: find a dead quorum before freezing
             store.ping()?;
-            Ok((store.fsid()?, format))
+            let others = other_cluster_disks(store.as_ref(), named)?;
+            Ok((store.fsid()?, format, others))
         })
         .await?
     };
+    if let Some(message) = others {
+        return Err(SnapshotError::new(
+            Kind::DiskOtherCluster,
+            format!("domain {}: {message}", domain.name),
+        ));
+    }
     let mut disks = Vec::with_capacity(selected.len());
     for (disk, source) in &selected {
         let dest_name = if selected.len() == 1 {
@@ -208,6 +219,51 @@ fn select_disks<'d>(
         .into_iter()
         .map(|disk| Ok((disk, rbd_spec(domain, disk)?)))
         .collect()
+}
+
+/// The monitors a disk's `<host>` elements name (none for other disks).
+fn monitors_of(disk: &Disk) -> Vec<String> {
+    match &disk.source {
+        DiskSource::Rbd(rbd) => rbd.hosts.clone(),
+        DiskSource::Other { .. } => Vec::new(),
+    }
+}
+
+/// Why some of the disks are not in this daemon's cluster (their monitors
+/// are none of ours), or `None`. Blocks: resolves monitor names.
+fn other_cluster_disks(
+    store: &dyn ImageStore,
+    named: Vec<(String, Vec<String>)>,
+) -> Result<Option<String>, crate::rbd::RbdError> {
+    if named.iter().all(|(_, hosts)| hosts.is_empty()) {
+        return Ok(None);
+    }
+    let ours = store.monitors()?;
+    if ours.is_empty() {
+        return Ok(None);
+    }
+    let others: Vec<String> = named
+        .into_iter()
+        .filter(|(_, hosts)| monitors::compare(hosts, &ours) == monitors::Verdict::Other)
+        .map(|(target, hosts)| format!("disk {target} names monitors {}", hosts.join(", ")))
+        .collect();
+    if others.is_empty() {
+        return Ok(None);
+    }
+    let listed: Vec<String> = ours
+        .iter()
+        .map(|o| match o.port {
+            Some(port) => format!("{}:{port}", o.host),
+            None => o.host.clone(),
+        })
+        .collect();
+    Ok(Some(format!(
+        "{}, none of which is a monitor of this daemon's cluster ({}): its image is in \
+         another Ceph cluster, and snapshotting the same name here would copy another \
+         image; refused before any freeze",
+        others.join("; "),
+        listed.join(", ")
+    )))
 }
 
 /// Lowest `<boot order>`, else the first hard disk, else the first disk.

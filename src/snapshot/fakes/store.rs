@@ -205,6 +205,11 @@ impl Image for FakeImageHandle {
 }
 
 impl ImageStore for FakeStore {
+    fn monitors(&self) -> Result<Vec<crate::rbd::monitors::Endpoint>, RbdError> {
+        Ok(crate::rbd::monitors::parse_mon_host(
+            "[v2:127.0.0.1:3300,v1:127.0.0.1:6789]",
+        ))
+    }
     fn fsid(&self) -> Result<String, RbdError> {
         self.0.rbd_fault("fsid", "cluster")?;
         Ok("fa4e0000-0000-0000-0000-00000000f51d".into())
