@@ -31,6 +31,9 @@ pub struct Rule {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     rules: Vec<Rule>,
+    /// Users and groups the rules name that did not resolve (they match
+    /// nobody until they do).
+    unresolved: Vec<String>,
 }
 
 /// The process at the other end of a connection.
@@ -62,15 +65,23 @@ pub enum Scope {
 pub type Refusal = String;
 
 impl Policy {
-    /// Resolve the rules' users and groups now, so that a typo fails at start.
+    /// Check the rules and resolve their users and groups: a malformed
+    /// rule is an error; a name that does not resolve is listed in
+    /// [`Policy::unresolved`] and matches nobody.
     pub fn from_config(config: &Config) -> Result<Policy, ConfigError> {
+        let mut unresolved = Vec::new();
         let rules = config
             .policy
             .iter()
             .enumerate()
-            .map(|(i, rule)| resolve_rule(i + 1, rule))
+            .map(|(i, rule)| resolve_rule(i + 1, rule, &mut unresolved))
             .collect::<Result<_, _>>()?;
-        Ok(Policy { rules })
+        Ok(Policy { rules, unresolved })
+    }
+
+    /// The users and groups named by rules that did not resolve.
+    pub fn unresolved(&self) -> &[String] {
+        &self.unresolved
     }
 
     /// Every uid and gid some rule names (they may connect).
@@ -106,7 +117,31 @@ impl Policy {
     }
 }
 
-fn resolve_rule(number: usize, rule: &PolicyRule) -> Result<Rule, ConfigError> {
+/// A user's uid, by number or name; `None` when the name does not resolve.
+pub fn uid_of(entry: &str) -> Option<u32> {
+    entry.parse::<u32>().ok().or_else(|| {
+        User::from_name(entry)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+    })
+}
+
+/// A group's gid, by number or name; `None` when the name does not resolve.
+pub fn gid_of(entry: &str) -> Option<u32> {
+    entry.parse::<u32>().ok().or_else(|| {
+        Group::from_name(entry)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    })
+}
+
+fn resolve_rule(
+    number: usize,
+    rule: &PolicyRule,
+    unresolved: &mut Vec<String>,
+) -> Result<Rule, ConfigError> {
     let invalid = |m: String| ConfigError::Invalid(format!("policy rule {number}: {m}"));
     if rule.users.is_empty() && rule.groups.is_empty() {
         return Err(invalid("names no users and no groups".into()));
@@ -119,28 +154,20 @@ fn resolve_rule(number: usize, rule: &PolicyRule) -> Result<Rule, ConfigError> {
             return Err(invalid(format!("{what} has an empty entry")));
         }
     }
-    let uid = |entry: &String| match entry.parse::<u32>() {
-        Ok(uid) => Ok(uid),
-        Err(_) => match User::from_name(entry).ok().flatten() {
-            Some(user) => Ok(user.uid.as_raw()),
-            None => Err(invalid(format!(
-                "user {entry:?} does not exist on this host"
-            ))),
-        },
-    };
-    let gid = |entry: &String| match entry.parse::<u32>() {
-        Ok(gid) => Ok(gid),
-        Err(_) => match Group::from_name(entry).ok().flatten() {
-            Some(group) => Ok(group.gid.as_raw()),
-            None => Err(invalid(format!(
-                "group {entry:?} does not exist on this host"
-            ))),
-        },
+    let mut ids = |what: &str, entries: &[String], of: fn(&str) -> Option<u32>| {
+        let mut ids = Vec::new();
+        for entry in entries {
+            match of(entry) {
+                Some(id) => ids.push(id),
+                None => unresolved.push(format!("policy rule {number}: {what} {entry:?}")),
+            }
+        }
+        ids
     };
     Ok(Rule {
         number,
-        uids: rule.users.iter().map(uid).collect::<Result<_, _>>()?,
-        gids: rule.groups.iter().map(gid).collect::<Result<_, _>>()?,
+        uids: ids("user", &rule.users, uid_of),
+        gids: ids("group", &rule.groups, gid_of),
         domains: rule.domains.clone(),
         pools: rule.pools.clone(),
         delete: rule.delete,
@@ -377,8 +404,13 @@ mod tests {
             ..Config::default()
         };
         assert!(Policy::from_config(&config(rule(&[], None, None))).is_err());
-        assert!(
-            Policy::from_config(&config(rule(&["no-such-user-rbdsnapd"], None, None))).is_err()
+        // a name that does not resolve is no error: it matches nobody,
+        // and is listed (the daemon serves only root until it resolves)
+        let typo = Policy::from_config(&config(rule(&["no-such-user-rbdsnapd"], None, None)))
+            .expect("a missing name is not a malformed rule");
+        assert_eq!(
+            typo.unresolved(),
+            ["policy rule 1: user \"no-such-user-rbdsnapd\""]
         );
         assert!(Policy::from_config(&config(rule(&["5000"], Some(&[""]), None))).is_err());
     }

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::journal::Journal;
 use crate::recovery;
-use crate::server::{self, listener, Access, Shared};
+use crate::server::{self, listener, Gate, Shared};
 use crate::systemd;
 
 /// Why the daemon could not start.
@@ -46,9 +46,7 @@ pub async fn run(
     config: Config,
     activated: Option<std::os::unix::net::UnixListener>,
 ) -> Result<(), RunError> {
-    let policy = crate::policy::Policy::from_config(&config)?;
-    let mut access = Access::from_config(&config)?;
-    access.admit(policy.members());
+    let gate = Arc::new(Gate::new(&config)?);
     // first: the lock keeps a second daemon from binding or recovering
     let (journal, records) = Journal::open(&config.state_dir)?;
     let mut term = signal(SignalKind::terminate())
@@ -80,9 +78,12 @@ pub async fn run(
             stopped.clone(),
         ));
     }
+    if !gate.current().unresolved().is_empty() {
+        let config = Arc::new(daemon.config.clone());
+        tokio::spawn(Arc::clone(&gate).keep_resolving(config, stopped.clone()));
+    }
     let shared = Arc::new(Shared {
-        access,
-        policy,
+        gate,
         document: crate::openrpc::document(),
         max_line: daemon.config.max_line_bytes,
         idle: Duration::from_secs_f64(daemon.config.idle_timeout_secs),

@@ -226,16 +226,12 @@ fn callers_are_held_to_their_rules_and_root_is_not() {
 }
 
 #[test]
-fn a_rule_naming_no_one_or_a_missing_user_stops_the_start() {
+fn a_malformed_rule_stops_the_start() {
     let Some(bed) = daemon::bed() else { return };
     for (rule, says) in [
         (
             "[[policy]]\npools = [\"images\"]\n",
             "names no users and no groups",
-        ),
-        (
-            "[[policy]]\nusers = [\"no-such-user-rbdsnapd\"]\n",
-            "user \"no-such-user-rbdsnapd\" does not exist",
         ),
         (
             "[[policy]]\nusers = [\"0\"]\npool = [\"images\"]\n",
@@ -249,4 +245,48 @@ fn a_rule_naming_no_one_or_a_missing_user_stops_the_start() {
         assert_eq!(status.code(), Some(78), "{rule}: {}", d.log());
         assert!(d.log().contains(says), "{rule}: {}", d.log());
     }
+}
+
+/// A user the configuration names that does not exist yet (the name service
+/// not up at boot): the daemon starts all the same (its thaw guards must
+/// run), serves only root meanwhile, and admits the user once it resolves.
+#[test]
+fn a_name_that_does_not_resolve_yet_serves_root_only_until_it_does() {
+    let Some(bed) = daemon::bed() else { return };
+    const LATE: &str = "rbdsnapd-late-user";
+    const LATE_UID: u32 = 4731;
+    let _ = std::process::Command::new("userdel").arg(LATE).status();
+    let extra = format!(
+        "socket_mode = \"0666\"\nallowed_users = [\"{LATE}\"]\n[[policy]]\nusers = [\"{LATE}\"]\npools = [\"images\"]\n"
+    );
+    let d = bed.start(&extra);
+    let root = d.connect().call("daemon.status", json!({}));
+    assert!(root.is_ok(), "root is served: {root:?}");
+    let refused = call_as(&d, LATE_UID, &[], "daemon.status", json!({}));
+    refused.assert_error(-32002, "permission_denied", "while the name is missing");
+    assert!(
+        message(&refused).contains("do not resolve yet"),
+        "{refused:?}"
+    );
+    assert!(message(&refused).contains(LATE), "{refused:?}");
+    assert!(d.log().contains("do not resolve"), "{}", d.log());
+    let made = std::process::Command::new("useradd")
+        .args(["--no-create-home", "--uid", &LATE_UID.to_string(), LATE])
+        .status()
+        .expect("useradd");
+    assert!(made.success(), "useradd {LATE}");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(25);
+    let admitted = loop {
+        let answer = call_as(&d, LATE_UID, &[], "daemon.status", json!({}));
+        if answer.is_ok() || std::time::Instant::now() > until {
+            break answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let _ = std::process::Command::new("userdel").arg(LATE).status();
+    assert!(
+        admitted.is_ok(),
+        "admitted once the name resolved: {admitted:?}"
+    );
+    assert!(d.log().contains("resolves now"), "{}", d.log());
 }

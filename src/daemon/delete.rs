@@ -143,8 +143,19 @@ fn delete_if_ours(
             open_by.join(", ")
         )));
     }
-    let protected =
-        snaps.iter().any(|s| s == FINAL_SNAPSHOT) && look.is_protected(FINAL_SNAPSHOT)?;
+    let has_final = snaps.iter().any(|s| s == FINAL_SNAPSHOT);
+    if has_final {
+        let clones = look.children(FINAL_SNAPSHOT)?;
+        if !clones.is_empty() {
+            return Err(Refused::InUse(format!(
+                "{spec}@{FINAL_SNAPSHOT} has {} clone(s) (instances or volumes made from it: \
+                 {}): flatten or remove them first",
+                clones.len(),
+                clones.join(", ")
+            )));
+        }
+    }
+    let protected = has_final && look.is_protected(FINAL_SNAPSHOT)?;
     drop(look);
     if protected {
         let image = store.open(spec)?;

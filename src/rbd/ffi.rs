@@ -215,6 +215,15 @@ extern "C" {
     pub fn rbd_metadata_set(image: rbd_image_t, key: *const c_char, value: *const c_char) -> c_int;
 
     pub fn rbd_get_id(image: rbd_image_t, id: *mut c_char, id_len: usize) -> c_int;
+    pub fn rbd_list_children3(
+        image: rbd_image_t,
+        images: *mut rbd_linked_image_spec_t,
+        max_images: *mut usize,
+    ) -> c_int;
+    pub fn rbd_linked_image_spec_list_cleanup(
+        images: *mut rbd_linked_image_spec_t,
+        num_images: usize,
+    );
     pub fn rbd_watchers_list(
         image: rbd_image_t,
         watchers: *mut rbd_image_watcher_t,

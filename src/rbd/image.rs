@@ -120,6 +120,20 @@ impl RbdImage {
         })
     }
 
+    /// Open `snap` of `spec` read-only (calls then act on that snapshot).
+    pub(super) fn open_at_snapshot(
+        pool: Arc<Pool>,
+        spec: ImageSpec,
+        snap: &str,
+    ) -> Result<RbdImage, RbdError> {
+        let name = c_string("open", &spec, &spec.name)?;
+        let c_snap = c_string("open", &spec, snap)?;
+        Self::open_with(pool, spec, |io, out| {
+            // SAFETY: as in `open`; `c_snap` names the snapshot to read.
+            unsafe { ffi::rbd_open_read_only(io, name.as_ptr(), out, c_snap.as_ptr()) }
+        })
+    }
+
     /// Open read-only by image id (how librbd names a parent, which may be
     /// in the trash where its name no longer finds it).
     pub(super) fn open_by_id(
@@ -317,6 +331,11 @@ impl Image for RbdImage {
 
     fn watchers(&self) -> Result<Vec<String>, RbdError> {
         self.watcher_addrs()
+    }
+
+    fn children(&self, snap: &str) -> Result<Vec<String>, RbdError> {
+        let at = RbdImage::open_at_snapshot(Arc::clone(&self.pool), self.spec.clone(), snap)?;
+        at.children_here()
     }
 
     fn size(&self) -> Result<u64, RbdError> {

@@ -143,6 +143,59 @@ impl RbdImage {
         }
     }
 
+    /// The clones of the snapshot this handle is open at, as `pool/name`
+    /// (`pool/ns/name` in a namespace), with ` (in the trash)` for those
+    /// moved to the RBD trash.
+    pub(super) fn children_here(&self) -> Result<Vec<String>, RbdError> {
+        let mut max: usize = 8;
+        loop {
+            let empty = || ffi::rbd_linked_image_spec_t {
+                pool_id: 0,
+                pool_name: ptr::null_mut(),
+                pool_namespace: ptr::null_mut(),
+                image_id: ptr::null_mut(),
+                image_name: ptr::null_mut(),
+                trash: false,
+            };
+            let mut list: Vec<_> = (0..max).map(|_| empty()).collect();
+            let asked = max;
+            // SAFETY: `list` has `max` writable entries; librbd fills at most
+            // that many and sets `max` to the count (or, with -ERANGE, to
+            // what it needs).
+            let rc = unsafe { ffi::rbd_list_children3(self.handle(), list.as_mut_ptr(), &mut max) };
+            if rc == ERANGE && asked < 65536 {
+                max = max.max(asked * 2);
+                continue;
+            }
+            RbdError::check("list children", rc, || self.spec().to_string())?;
+            let n = max.min(asked);
+            let names = list[..n]
+                .iter()
+                .map(|c| {
+                    // SAFETY: librbd filled the first `n` entries with
+                    // strings it allocated; freed by the cleanup below.
+                    let (pool, ns, name) = unsafe {
+                        (
+                            owned(c.pool_name),
+                            owned(c.pool_namespace),
+                            owned(c.image_name),
+                        )
+                    };
+                    let spec = ImageSpec {
+                        pool,
+                        namespace: (!ns.is_empty()).then_some(ns),
+                        name,
+                    };
+                    let trash = if c.trash { " (in the trash)" } else { "" };
+                    format!("{spec}{trash}")
+                })
+                .collect();
+            // SAFETY: frees exactly the `n` entries librbd filled, once.
+            unsafe { ffi::rbd_linked_image_spec_list_cleanup(list.as_mut_ptr(), n) };
+            return Ok(names);
+        }
+    }
+
     /// Whether a listed snapshot is a user one (not in the trash, a group or
     /// mirroring namespace); a snapshot gone since the listing is not.
     pub(super) fn is_user_snapshot(&self, snap_id: u64) -> Result<bool, RbdError> {

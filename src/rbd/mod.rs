@@ -137,6 +137,11 @@ pub trait Image: Send + Sync + fmt::Debug {
     fn watchers(&self) -> Result<Vec<String>, RbdError> {
         Ok(Vec::new())
     }
+    /// The images cloned from snapshot `snap` of this image (`pool/name`,
+    /// those in the RBD trash too): with clone v2 a snapshot with clones
+    /// can be unprotected and "removed" into the trash, so this is the
+    /// check that comes before either.
+    fn children(&self, snap: &str) -> Result<Vec<String>, RbdError>;
 }
 
 /// The cluster side: pools, image lifecycle, cluster identity.

@@ -54,8 +54,23 @@ pub(super) async fn serve(
     let (read, write) = stream.into_split();
     let (out, queue) = mpsc::channel::<String>(OUTPUT_QUEUE);
     let writer = tokio::spawn(write_lines(write, queue));
-    let allowed = cred.is_some_and(|c| shared.access.allows(c.uid(), c.gid(), &groups));
-    if !allowed {
+    let admission = shared.gate.current();
+    let missing = admission.unresolved();
+    let privileged =
+        cred.is_some_and(|c| c.uid() == 0 || c.uid() == nix::unistd::Uid::effective().as_raw());
+    let allowed = cred.is_some_and(|c| admission.access.allows(c.uid(), c.gid(), &groups));
+    if !privileged && !missing.is_empty() {
+        let msg = format!(
+            "the daemon's configuration names users or groups that do not resolve yet ({}): \
+             until they do, only root is served (retried every 10 s; is the name service up?)",
+            missing.join(", ")
+        );
+        send(
+            &out,
+            &Response::err(Value::Null, RpcError::new(ErrorKind::PermissionDenied, msg)),
+        )
+        .await;
+    } else if !allowed {
         let (uid, gid) = cred
             .map(|c| (c.uid(), c.gid()))
             .unwrap_or((u32::MAX, u32::MAX));
@@ -74,7 +89,7 @@ pub(super) async fn serve(
         .await;
     } else {
         let scope = cred.map(|c| {
-            shared.policy.scope(Peer {
+            admission.policy.scope(Peer {
                 uid: c.uid(),
                 gid: c.gid(),
                 groups: &groups,

@@ -71,8 +71,14 @@ pub fn listen(
     let mode = config.socket_mode_bits()?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io("chmod", path))?;
-    if let Some(group) = &config.socket_group {
-        let gid = super::peer::socket_gid(group)?;
+    // a group that does not resolve (yet) leaves the socket to root's
+    // group: fewer callers, never more, and the guards still run
+    let gid = config.socket_group.as_ref().and_then(|group| {
+        super::peer::socket_gid(group)
+            .map_err(|e| tracing::error!(error = %e, "socket stays in the daemon's group"))
+            .ok()
+    });
+    if let Some(gid) = gid {
         nix::unistd::chown(path, None, Some(gid)).map_err(|e| ListenError::Io {
             what: "chgrp",
             path: path.clone(),

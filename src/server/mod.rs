@@ -5,6 +5,7 @@
 
 mod connection;
 mod echo;
+pub mod gate;
 pub mod listener;
 pub mod peer;
 
@@ -19,6 +20,7 @@ use tokio::task::JoinSet;
 use crate::daemon::Daemon;
 use crate::protocol::{ErrorKind, Response, RpcError};
 
+pub use gate::Gate;
 pub use peer::Access;
 
 /// What every connection shares.
@@ -26,10 +28,8 @@ pub use peer::Access;
 pub struct Shared {
     /// The daemon's state and methods.
     pub daemon: Arc<Daemon>,
-    /// Who may call.
-    pub access: Access,
-    /// What each caller may do.
-    pub policy: crate::policy::Policy,
+    /// Who may call and what (re-resolved while names are missing).
+    pub gate: Arc<Gate>,
     /// The OpenRPC document `rpc.discover` answers with.
     pub document: serde_json::Value,
     /// Longest request line.

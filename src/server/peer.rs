@@ -11,7 +11,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::libc;
 
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::{Gid, Uid};
+
+use crate::policy::{gid_of, uid_of};
 
 use crate::config::{Config, ConfigError};
 
@@ -20,41 +22,36 @@ use crate::config::{Config, ConfigError};
 pub struct Access {
     uids: HashSet<u32>,
     gids: HashSet<u32>,
-}
-
-fn resolve<T>(
-    what: &str,
-    entry: &str,
-    by_name: impl Fn(&str) -> Option<T>,
-    id: impl Fn(T) -> u32,
-) -> Result<u32, ConfigError> {
-    if let Ok(number) = entry.parse::<u32>() {
-        return Ok(number);
-    }
-    by_name(entry).map(id).ok_or_else(|| {
-        ConfigError::Invalid(format!("{what} {entry:?} does not exist on this host"))
-    })
+    /// Names that did not resolve (`allowed user "nova"`): a name service
+    /// not up yet, or a typo.
+    unresolved: Vec<String>,
 }
 
 impl Access {
-    /// Resolve names to ids now, so that a typo fails at start.
-    pub fn from_config(config: &Config) -> Result<Access, ConfigError> {
-        let user = |name: &str| User::from_name(name).ok().flatten();
-        let group = |name: &str| Group::from_name(name).ok().flatten();
+    /// Resolve names to ids; those that do not resolve are listed in
+    /// [`Access::unresolved`] and admit nobody.
+    pub fn from_config(config: &Config) -> Access {
         let mut access = Access::default();
         for entry in &config.allowed_users {
-            access
-                .uids
-                .insert(resolve("allowed user", entry, user, |u| u.uid.as_raw())?);
+            match uid_of(entry) {
+                Some(uid) => drop(access.uids.insert(uid)),
+                None => access.unresolved.push(format!("allowed user {entry:?}")),
+            }
         }
         for entry in &config.allowed_groups {
-            access
-                .gids
-                .insert(resolve("allowed group", entry, group, |g| g.gid.as_raw())?);
+            match gid_of(entry) {
+                Some(gid) => drop(access.gids.insert(gid)),
+                None => access.unresolved.push(format!("allowed group {entry:?}")),
+            }
         }
         access.uids.insert(0);
         access.uids.insert(Uid::effective().as_raw());
-        Ok(access)
+        access
+    }
+
+    /// The configured names that did not resolve.
+    pub fn unresolved(&self) -> &[String] {
+        &self.unresolved
     }
 
     /// Also let these users and groups connect (those `[[policy]]` rules
@@ -106,8 +103,11 @@ pub fn peer_groups(socket: BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
 
 /// The group a socket should belong to, by name or gid.
 pub fn socket_gid(entry: &str) -> Result<Gid, ConfigError> {
-    let group = |name: &str| Group::from_name(name).ok().flatten();
-    resolve("socket_group", entry, group, |g| g.gid.as_raw()).map(Gid::from_raw)
+    gid_of(entry).map(Gid::from_raw).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "socket_group {entry:?} does not exist on this host"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -136,7 +136,8 @@ mod tests {
             allowed_groups: vec!["777".into()],
             ..Config::default()
         };
-        let access = Access::from_config(&config).expect("access");
+        let access = Access::from_config(&config);
+        assert!(access.unresolved().is_empty());
         assert!(access.allows(0, 0, &[]));
         assert!(access.allows(Uid::effective().as_raw(), 12345, &[]));
         assert!(access.allows(4242, 1, &[]));
@@ -147,6 +148,11 @@ mod tests {
             allowed_users: vec!["no-such-user-rbdsnapd".into()],
             ..Config::default()
         };
-        assert!(Access::from_config(&typo).is_err());
+        let access = Access::from_config(&typo);
+        assert_eq!(
+            access.unresolved(),
+            ["allowed user \"no-such-user-rbdsnapd\""]
+        );
+        assert!(access.allows(0, 0, &[]), "root is always served");
     }
 }

@@ -367,6 +367,39 @@ impl Ceph {
         );
     }
 
+    /// Keep `image` open read-write in another client (python3-rbd) until
+    /// the returned child is dropped: what a guest or a tool holding the
+    /// image looks like to Ceph (a watcher).
+    pub fn hold_open(&self, image: &str) -> Holder {
+        use std::io::BufRead;
+        let (pool, name) = image.split_once('/').expect("pool/image");
+        let script = format!(
+            "import sys, rados, rbd\n\
+             c = rados.Rados(conffile={conf:?}, name='client.{id}')\n\
+             c.connect(timeout=30)\n\
+             io = c.open_ioctx({pool:?})\n\
+             img = rbd.Image(io, {name:?})\n\
+             print('open', flush=True)\n\
+             sys.stdin.read()\n\
+             img.close(); io.close(); c.shutdown()\n",
+            conf = self.conf,
+            id = self.admin_id,
+        );
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        let out = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line.trim(), "open", "could not open {image}");
+        Holder(child)
+    }
+
     /// The image's bytes (`pool/image` or `pool/image@snap`).
     pub fn export(&self, image: &str) -> Vec<u8> {
         self.rbd(&["export", "--no-progress", image, "-"], None)
@@ -461,5 +494,15 @@ impl Drop for BigDisk<'_> {
                 );
             }
         }
+    }
+}
+
+/// A client holding an image open; closes it (EOF on its stdin) on drop.
+pub struct Holder(std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
     }
 }

@@ -192,6 +192,18 @@ impl Image for FakeImageHandle {
     fn size(&self) -> Result<u64, RbdError> {
         Ok(1 << 30)
     }
+    fn children(&self, snap: &str) -> Result<Vec<String>, RbdError> {
+        let w = self.fake.world.lock().expect("world");
+        Ok(w.images
+            .iter()
+            .filter(|(_, i)| {
+                i.parent
+                    .as_ref()
+                    .is_some_and(|p| p.image == self.spec && p.snap == snap)
+            })
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
     fn id(&self) -> Result<String, RbdError> {
         self.with("get id", |w, k| {
             let image = img(w, k);
