@@ -282,13 +282,17 @@ impl Daemon {
             tracing::warn!("orphan sweep skipped: libvirt or Ceph is down");
             return;
         };
-        let known: std::collections::HashSet<String> = self
-            .recovery
-            .pending_trails()
-            .into_iter()
-            .map(|t| t.job_id)
-            .chain(self.jobs.list().into_iter().map(|j| j.job_id))
-            .collect();
+        // asked of each snapshot when it is looked at, not once before a
+        // sweep that can take minutes while new jobs start and snapshot
+        let daemon = Arc::clone(self);
+        let known = move |job_id: &str| {
+            daemon.jobs.get(job_id).is_some()
+                || daemon
+                    .recovery
+                    .pending_trails()
+                    .iter()
+                    .any(|t| t.job_id == job_id)
+        };
         let remove = policy == "remove";
         let found = crate::owners::CEPH
             .call(SWEEP_DEADLINE, move || {

@@ -1,5 +1,7 @@
 //! The start-up sweep: temporary snapshots of ours on the RBD disks of
-//! every domain libvirt knows that no journal accounts for.
+//! every domain libvirt knows that no journal accounts for. Whether a job
+//! is known is asked when its snapshot is looked at: jobs start while the
+//! sweep runs, and their snapshots are theirs.
 
 use serde::Serialize;
 
@@ -25,7 +27,7 @@ pub struct Orphan {
 pub fn sweep(
     hv: &dyn Hypervisor,
     store: &dyn ImageStore,
-    known_jobs: &std::collections::HashSet<String>,
+    known_job: &dyn Fn(&str) -> bool,
     remove: bool,
 ) -> Result<Vec<Orphan>, String> {
     let domains = hv.list_domains().map_err(|e| e.to_string())?;
@@ -52,7 +54,7 @@ pub fn sweep(
             .iter()
             .filter(|s| s.starts_with(TEMP_SNAPSHOT_PREFIX))
         {
-            if known_jobs.contains(&snap[TEMP_SNAPSHOT_PREFIX.len()..]) {
+            if known_job(&snap[TEMP_SNAPSHOT_PREFIX.len()..]) {
                 continue;
             }
             let action = if !remove {

@@ -217,3 +217,29 @@ fn a_pause_without_its_resume_is_left_to_a_guard_that_resumes() {
     );
     assert!(!done.maybe_paused() && !done.maybe_frozen());
 }
+
+#[test]
+fn the_sweep_asks_about_each_job_when_it_reaches_its_snapshot() {
+    use crate::snapshot::fakes::FakeHv;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let fake = Fake::standard();
+    let store = FakeStore(Arc::clone(&fake));
+    let disk = store.open(&src()).expect("source");
+    for job in ["orphan", "started-meanwhile"] {
+        disk.create_snapshot(&format!("rbdsnapd-tmp-{job}"))
+            .expect("temp snapshot");
+    }
+    // a job registered after the sweep began: known by the time its
+    // snapshot is looked at, which a set made up front would not know
+    let asked = AtomicUsize::new(0);
+    let known = |job_id: &str| {
+        asked.fetch_add(1, Ordering::SeqCst);
+        job_id == "started-meanwhile"
+    };
+    let orphans = sweep(&FakeHv(Arc::clone(&fake)), &store, &known, true).expect("sweep");
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(orphans[0].snapshot, "rbdsnapd-tmp-orphan");
+    let left: Vec<String> = disk.snapshots().expect("snapshots");
+    assert_eq!(left, ["rbdsnapd-tmp-started-meanwhile"], "the new job's snapshot was removed");
+}
