@@ -198,6 +198,21 @@ impl Hypervisor for LibvirtHypervisor {
         Ok(())
     }
 
+    fn agent_timeout(&self, uuid: &str) -> Option<i32> {
+        // only the local system driver's status files are where we know
+        let local = ["qemu:///system", "qemu+unix:///system"]
+            .iter()
+            .any(|u| self.uri.split('?').next() == Some(*u));
+        if !local {
+            return None;
+        }
+        let name = self.lookup(uuid).ok()?.name().ok()?;
+        let status = std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.xml")).ok()?;
+        let (_, after) = status.split_once("<agentTimeout>")?;
+        let (value, _) = after.split_once("</agentTimeout>")?;
+        value.trim().parse().ok()
+    }
+
     fn fs_info(&self, uuid: &str) -> Result<Vec<FsInfo>, LibvirtError> {
         let dom = self.lookup(uuid)?;
         let mut info: *mut virt::sys::virDomainFSInfoPtr = std::ptr::null_mut();

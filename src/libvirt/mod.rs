@@ -32,6 +32,10 @@ pub struct DomainInfo {
     pub agent: AgentChannel,
 }
 
+/// libvirt's agent response timeout of a domain nobody set one for:
+/// `VIR_DOMAIN_AGENT_RESPONSE_TIMEOUT_BLOCK`, wait as long as it takes.
+pub const AGENT_TIMEOUT_LIBVIRT_DEFAULT: i32 = -2;
+
 /// A domain's run state, as far as snapshots care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -155,8 +159,15 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     fn domain(&self, name_or_uuid: &str) -> Result<DomainInfo, LibvirtError>;
     /// Every domain libvirt knows, running or not (for the start-up sweep).
     fn list_domains(&self) -> Result<Vec<DomainInfo>, LibvirtError>;
-    /// Bound every later agent call on this domain to `seconds`.
+    /// Bound every later agent call on this domain to `seconds` (or, with
+    /// libvirt's negative values, block or use the default).
     fn set_agent_timeout(&self, uuid: &str, seconds: i32) -> Result<(), LibvirtError>;
+    /// The domain's agent response timeout as libvirt holds it now, when
+    /// that can be read (libvirt has no call for it; its status file under
+    /// /run/libvirt/qemu has it); `None` when it cannot.
+    fn agent_timeout(&self, _uuid: &str) -> Option<i32> {
+        None
+    }
     /// Mounted filesystems (ask before freezing: a frozen agent refuses).
     fn fs_info(&self, uuid: &str) -> Result<Vec<FsInfo>, LibvirtError>;
     /// Freeze the given mount points (all when empty); returns how many froze.

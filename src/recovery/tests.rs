@@ -241,5 +241,9 @@ fn the_sweep_asks_about_each_job_when_it_reaches_its_snapshot() {
     assert_eq!(orphans.len(), 1, "{orphans:?}");
     assert_eq!(orphans[0].snapshot, "rbdsnapd-tmp-orphan");
     let left: Vec<String> = disk.snapshots().expect("snapshots");
-    assert_eq!(left, ["rbdsnapd-tmp-started-meanwhile"], "the new job's snapshot was removed");
+    assert_eq!(
+        left,
+        ["rbdsnapd-tmp-started-meanwhile"],
+        "the new job's snapshot was removed"
+    );
 }

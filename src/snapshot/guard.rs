@@ -261,6 +261,9 @@ pub struct ThawGuards {
     /// Deadline of one attempt (thaw and status: two agent round trips).
     attempt_deadline: Duration,
     guards: Mutex<HashMap<String, GuardInfo>>,
+    /// Agent response timeouts to give domains back when their guard
+    /// clears (the job that changed it ended while the guard ran).
+    restore_timeouts: Mutex<HashMap<String, i32>>,
     /// Woken when a guard is cleared.
     cleared: tokio::sync::Notify,
 }
@@ -293,6 +296,7 @@ impl ThawGuards {
             log,
             attempt_deadline: agent_timeout * 2 + Duration::from_secs(1),
             guards: Mutex::new(HashMap::new()),
+            restore_timeouts: Mutex::new(HashMap::new()),
             cleared: tokio::sync::Notify::new(),
         })
     }
@@ -432,7 +436,43 @@ impl ThawGuards {
         }
         tracing::info!(domain_uuid = uuid, job_id = %info.job_id, attempts = info.attempts,
             "guest confirmed thawed: guard cleared");
+        self.restore_agent_timeout(uuid).await;
         self.cleared.notify_waiters();
+    }
+
+    /// If `uuid` has a guard, give the domain agent timeout `seconds` back
+    /// when it clears (and say so); `false` without a guard.
+    pub fn restore_agent_timeout_on_clear(&self, uuid: &str, seconds: i32) -> bool {
+        let guards = self.lock();
+        if !guards.contains_key(uuid) {
+            return false;
+        }
+        self.restore_timeouts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uuid.to_string(), seconds);
+        true
+    }
+
+    async fn restore_agent_timeout(&self, uuid: &str) {
+        let seconds = self
+            .restore_timeouts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uuid);
+        let (Some(seconds), Some(hv)) = (seconds, (self.hypervisor)()) else {
+            return;
+        };
+        let id = uuid.to_string();
+        let deadline = self.attempt_deadline;
+        let restored = blocking::hv("agent timeout", deadline, move || {
+            hv.set_agent_timeout(&id, seconds)
+        })
+        .await;
+        if let Err(e) = restored {
+            tracing::warn!(domain_uuid = uuid, seconds, error = %e,
+                "could not give the domain its agent timeout back");
+        }
     }
 
     /// Wait until `uuid` has no guard (tests, and a job waiting to start).

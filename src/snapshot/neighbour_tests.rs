@@ -121,3 +121,67 @@ async fn a_disk_naming_our_monitor_or_none_is_snapshotted() {
             .expect("our cluster");
     }
 }
+
+fn agent_timeout(fake: &Fake) -> Option<i32> {
+    fake.world
+        .lock()
+        .expect("world")
+        .agent_timeouts
+        .get(UUID)
+        .copied()
+}
+
+#[tokio::test]
+async fn the_domain_gets_its_agent_timeout_back() {
+    // never set: libvirt's default (block) afterwards, not ours
+    let fake = Fake::standard();
+    go(&fake, &request(), &settings()).await.expect("snapshot");
+    assert_eq!(
+        agent_timeout(&fake),
+        Some(crate::libvirt::AGENT_TIMEOUT_LIBVIRT_DEFAULT)
+    );
+    // an operator's value survives a job, and a failed job too
+    let fake = Fake::standard();
+    fake.world
+        .lock()
+        .expect("world")
+        .agent_timeouts
+        .insert(UUID.into(), 30);
+    go(&fake, &request(), &settings()).await.expect("snapshot");
+    assert_eq!(agent_timeout(&fake), Some(30));
+    fake.inject("snap_create", super::fakes::Fault::Fail, 1);
+    let req = SnapshotRequest {
+        image: "other".into(),
+        ..request()
+    };
+    go(&fake, &req, &settings()).await.expect_err("failed job");
+    assert_eq!(agent_timeout(&fake), Some(30));
+}
+
+#[tokio::test]
+async fn a_guarded_domain_gets_its_agent_timeout_back_when_the_guard_clears() {
+    let fake = Fake::standard();
+    fake.world
+        .lock()
+        .expect("world")
+        .agent_timeouts
+        .insert(UUID.into(), 30);
+    fake.inject("thaw", super::fakes::Fault::Fail, 14);
+    let guards = guards_for(&fake);
+    let hooks = super::JobHooks {
+        guards: std::sync::Arc::clone(&guards),
+        ..Default::default()
+    };
+    let err = super::tests::go_with(&fake, &request(), &settings(), hooks)
+        .await
+        .expect_err("thaw not confirmed in time");
+    assert_eq!(err.kind, SnapshotErrorKind::ThawFailed, "{err}");
+    // the guard still thaws through the agent: it keeps the bound
+    assert_ne!(agent_timeout(&fake), Some(30));
+    tokio::time::timeout(Duration::from_secs(60), guards.wait_cleared(UUID))
+        .await
+        .expect("guard cleared");
+    // clear() gives the timeout back right after it notifies
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(agent_timeout(&fake), Some(30));
+}

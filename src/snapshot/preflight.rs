@@ -11,6 +11,7 @@ use super::{
 };
 use crate::libvirt::{
     AgentChannel, Disk, DiskSource, DomainInfo, DomainState, FsInfo, Hypervisor, LibvirtErrorKind,
+    AGENT_TIMEOUT_LIBVIRT_DEFAULT,
 };
 use crate::rbd::{monitors, CloneFormat, Image, ImageSpec, ImageStore};
 
@@ -38,6 +39,10 @@ pub struct Plan {
     pub clone_format: CloneFormat,
     /// Whether to freeze; when not, why the result is crash-consistent.
     pub freeze: Result<Vec<FsInfo>, String>,
+    /// The agent response timeout to give the domain back once the job
+    /// is done with its agent: the one it had (or libvirt's default when
+    /// that cannot be read). `None`: the job did not change it.
+    pub agent_timeout_restore: Option<i32>,
 }
 
 /// Check the request and resolve it into a plan.
@@ -106,13 +111,14 @@ pub async fn plan(
     let mut dest_pools: Vec<String> = disks.iter().map(|d| d.dest.pool.clone()).collect();
     dest_pools.dedup();
     check_flatten_mode(store, settings, req.flatten, clone_format, dest_pools).await?;
-    let freeze = quiesce_plan(hv, settings, req.quiesce, &domain).await?;
+    let (freeze, agent_timeout_restore) = quiesce_plan(hv, settings, req.quiesce, &domain).await?;
     Ok(Plan {
         domain,
         fsid,
         disks,
         clone_format,
         freeze,
+        agent_timeout_restore,
     })
 }
 
@@ -376,40 +382,72 @@ fn permitted(allowed: &Option<Vec<String>>, pool: &str) -> bool {
         .is_none_or(|pools| pools.iter().any(|p| p == pool))
 }
 
+/// What to freeze (or why not) and the agent timeout to give back.
+type Quiesce = (Result<Vec<FsInfo>, String>, Option<i32>);
+
 /// Decide whether to freeze: `Ok(filesystems)` to freeze, `Err(reason)` for
-/// a crash-consistent snapshot. With `required`, a reason is an error.
+/// a crash-consistent snapshot. With `required`, a reason is an error (and
+/// the agent timeout is given back at once).
 async fn quiesce_plan(
     hv: &Arc<dyn Hypervisor>,
     settings: &Settings,
     policy: QuiescePolicy,
     domain: &DomainInfo,
-) -> Result<Result<Vec<FsInfo>, String>, SnapshotError> {
+) -> Result<Quiesce, SnapshotError> {
     if policy == QuiescePolicy::Off {
-        return Ok(Err("quiesce off".to_string()));
+        return Ok((Err("quiesce off".to_string()), None));
     }
-    let probed = match domain.agent {
-        AgentChannel::Missing => Err("the domain has no guest agent channel".to_string()),
-        AgentChannel::Disconnected => Err("the guest agent is not connected".to_string()),
+    let (probed, restore) = match domain.agent {
+        AgentChannel::Missing => (
+            Err("the domain has no guest agent channel".to_string()),
+            None,
+        ),
+        AgentChannel::Disconnected => (Err("the guest agent is not connected".to_string()), None),
         AgentChannel::Connected | AgentChannel::Unknown => {
             probe_agent(hv, settings, &domain.uuid).await
         }
     };
     match (probed, policy) {
-        (Err(reason), QuiescePolicy::Required) => Err(SnapshotError::new(
-            Kind::AgentUnavailable,
-            format!("quiesce required but {reason} (domain {})", domain.name),
-        )),
-        (probed, _) => Ok(probed),
+        (Err(reason), QuiescePolicy::Required) => {
+            if let Some(seconds) = restore {
+                restore_agent_timeout(hv, settings, &domain.uuid, seconds).await;
+            }
+            Err(SnapshotError::new(
+                Kind::AgentUnavailable,
+                format!("quiesce required but {reason} (domain {})", domain.name),
+            ))
+        }
+        (probed, _) => Ok((probed, restore)),
     }
 }
 
-/// Bound the agent's response time, then ask for the filesystems: proves the
-/// agent answers, and must happen before the freeze (a frozen agent refuses).
+/// Give the domain back the agent response timeout it had (best effort:
+/// a failure is logged, the snapshot stands).
+pub async fn restore_agent_timeout(
+    hv: &Arc<dyn Hypervisor>,
+    settings: &Settings,
+    uuid: &str,
+    seconds: i32,
+) {
+    let (hv, id) = (Arc::clone(hv), uuid.to_string());
+    let restored = blocking::hv("agent timeout", settings.call_deadline, move || {
+        hv.set_agent_timeout(&id, seconds)
+    })
+    .await;
+    if let Err(e) = restored {
+        tracing::warn!(domain_uuid = uuid, seconds, error = %e,
+            "could not give the domain its agent timeout back");
+    }
+}
+
+/// Bound the agent's response time (noting the timeout the domain had, to
+/// give it back), then ask for the filesystems: proves the agent answers,
+/// and must happen before the freeze (a frozen agent refuses).
 async fn probe_agent(
     hv: &Arc<dyn Hypervisor>,
     settings: &Settings,
     uuid: &str,
-) -> Result<Vec<FsInfo>, String> {
+) -> (Result<Vec<FsInfo>, String>, Option<i32>) {
     let seconds = settings
         .agent_timeout
         .min(settings.freeze_deadline)
@@ -417,18 +455,25 @@ async fn probe_agent(
         .max(1) as i32;
     let (hv, uuid) = (Arc::clone(hv), uuid.to_string());
     let deadline = settings.agent_timeout + settings.call_deadline;
-    let fs = blocking::hv("guest agent", deadline, move || {
-        match hv.set_agent_timeout(&uuid, seconds) {
+    let probed = blocking::hv("guest agent", deadline, move || {
+        let before = hv.agent_timeout(&uuid);
+        let restore = match hv.set_agent_timeout(&uuid, seconds) {
+            Ok(()) => Some(before.unwrap_or(AGENT_TIMEOUT_LIBVIRT_DEFAULT)),
             // a driver without a real agent (the test driver) has no timeout to set
-            Err(e) if e.kind != LibvirtErrorKind::Unsupported => return Err(e),
-            _ => {}
-        }
-        hv.fs_info(&uuid)
+            Err(e) if e.kind == LibvirtErrorKind::Unsupported => None,
+            Err(e) => return Err(e),
+        };
+        Ok((restore, hv.fs_info(&uuid)))
     })
-    .await
-    .map_err(|e| format!("the guest agent does not answer: {e}"))?;
-    if fs.is_empty() {
-        return Err("the guest agent reports no mounted filesystem".to_string());
-    }
-    Ok(fs)
+    .await;
+    let (restore, fs) = match probed {
+        Ok((restore, fs)) => (restore, fs),
+        Err(e) => return (Err(format!("the guest agent does not answer: {e}")), None),
+    };
+    let fs = match fs {
+        Ok(fs) if fs.is_empty() => Err("the guest agent reports no mounted filesystem".to_string()),
+        Ok(fs) => Ok(fs),
+        Err(e) => Err(format!("the guest agent does not answer: {e}")),
+    };
+    (fs, restore)
 }

@@ -73,7 +73,7 @@ pub async fn run(
         job_id,
         Arc::clone(&job.hooks.late),
     );
-    match job.execute(&plan, &mut saga, started, preflight_ms).await {
+    let outcome = match job.execute(&plan, &mut saga, started, preflight_ms).await {
         Ok(result) => Ok(result),
         Err(mut err) => {
             job.report(Phase::Rollback, 0, 0);
@@ -83,7 +83,9 @@ pub async fn run(
             err.rollback_failures = saga.rollback().await;
             Err(err)
         }
-    }
+    };
+    job.give_agent_timeout_back(&plan).await;
+    outcome
 }
 
 impl Job<'_> {
@@ -134,6 +136,24 @@ impl Job<'_> {
     /// The job's id.
     pub(super) fn id(&self) -> &str {
         self.job_id
+    }
+
+    /// Leave the domain as found: its agent response timeout back to what
+    /// it was — now, or, while a guard still thaws through the agent (and
+    /// needs the bound), when the guard clears.
+    async fn give_agent_timeout_back(&self, plan: &Plan) {
+        let Some(seconds) = plan.agent_timeout_restore else {
+            return;
+        };
+        let uuid = &plan.domain.uuid;
+        if self
+            .hooks
+            .guards
+            .restore_agent_timeout_on_clear(uuid, seconds)
+        {
+            return;
+        }
+        preflight::restore_agent_timeout(&self.hv, self.settings, uuid, seconds).await;
     }
 
     fn check_cancelled(&self) -> Result<(), SnapshotError> {

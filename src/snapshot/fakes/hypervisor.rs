@@ -34,8 +34,21 @@ impl Hypervisor for FakeHv {
         Ok(self.0.world.lock().expect("world").domains.clone())
     }
 
-    fn set_agent_timeout(&self, _uuid: &str, _seconds: i32) -> Result<(), LibvirtError> {
-        self.0.hv_fault("agent_timeout")
+    fn agent_timeout(&self, uuid: &str) -> Option<i32> {
+        self.0
+            .world
+            .lock()
+            .expect("world")
+            .agent_timeouts
+            .get(uuid)
+            .copied()
+    }
+
+    fn set_agent_timeout(&self, uuid: &str, seconds: i32) -> Result<(), LibvirtError> {
+        self.0.hv_fault("agent_timeout")?;
+        let mut w = self.0.world.lock().expect("world");
+        w.agent_timeouts.insert(uuid.into(), seconds);
+        Ok(())
     }
 
     fn fs_info(&self, _uuid: &str) -> Result<Vec<FsInfo>, LibvirtError> {

@@ -44,6 +44,8 @@ pub struct World {
     pub frozen: HashMap<String, bool>,
     /// Domains whose vCPUs are paused.
     pub paused: HashMap<String, bool>,
+    /// Agent response timeouts set on domains (absent: never set).
+    pub agent_timeouts: HashMap<String, i32>,
     pub images: BTreeMap<String, FakeImage>,
     pub pools: Vec<String>,
     pub clone_format: Option<CloneFormat>,
