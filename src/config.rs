@@ -76,6 +76,9 @@ pub struct Config {
     /// Seconds running jobs get to finish on SIGTERM before they are
     /// cancelled (a frozen guest is thawed regardless).
     pub shutdown_grace_secs: f64,
+    /// Finished jobs kept (in memory for `jobs.list`/`jobs.get` and
+    /// `request_id` retries, and in the journal across restarts).
+    pub jobs_kept: usize,
     /// Recorded on every image as the host that made it (`rbdsnapd.host`);
     /// default: the host name.
     pub host_name: Option<String>,
@@ -258,6 +261,7 @@ impl Default for Config {
             log_format: LogFormat::Auto,
             sweep_orphans: "report".into(),
             shutdown_grace_secs: 30.0,
+            jobs_kept: crate::journal::KEEP_ENDED,
             host_name: None,
             delete_any_host: false,
             metrics_textfile: None,
@@ -422,6 +426,9 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(e.message))?;
         }
         self.clone_format()?;
+        if !(1..=1_000_000).contains(&self.jobs_kept) {
+            return bad(format!("jobs_kept {} is not 1-1000000", self.jobs_kept));
+        }
         if !["report", "remove", "off"].contains(&self.sweep_orphans.as_str()) {
             return bad(format!(
                 "sweep_orphans {:?} is not report, remove or off",

@@ -49,6 +49,7 @@ pub async fn run(
     let gate = Arc::new(Gate::new(&config)?);
     // first: the lock keeps a second daemon from binding or recovering
     let (journal, records) = Journal::open(&config.state_dir)?;
+    journal.keep_ended(config.jobs_kept);
     let mut term = signal(SignalKind::terminate())
         .map_err(|e| RunError::Io(format!("SIGTERM handler: {e}")))?;
     let mut int = signal(SignalKind::interrupt())

@@ -141,6 +141,8 @@ pub enum Start {
 struct Inner {
     jobs: HashMap<String, JobRecord>,
     finished: VecDeque<String>,
+    /// How many finished jobs are kept.
+    kept: usize,
     /// Domain uuid → the job that holds it. Only the holder releases a
     /// domain: a job that answered long ago (its flatten still running)
     /// must not free the domain its successor now holds.
@@ -169,11 +171,30 @@ impl Inner {
 }
 
 /// All jobs of this daemon run.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Jobs {
     inner: Mutex<Inner>,
     /// Woken when a job ends (shutdown waits on it).
     ended: tokio::sync::Notify,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Jobs::new(KEEP_FINISHED)
+    }
+}
+
+impl Jobs {
+    /// A registry keeping the last `kept` finished jobs.
+    pub fn new(kept: usize) -> Jobs {
+        Jobs {
+            inner: Mutex::new(Inner {
+                kept: kept.max(1),
+                ..Inner::default()
+            }),
+            ended: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 impl JobRecord {
@@ -470,7 +491,7 @@ impl Jobs {
         }
         Self::renumber_queue(&mut inner);
         inner.finished.push_back(job_id.to_string());
-        while inner.finished.len() > KEEP_FINISHED {
+        while inner.finished.len() > inner.kept {
             if let Some(old) = inner.finished.pop_front() {
                 inner.jobs.remove(&old);
             }

@@ -68,6 +68,7 @@ impl Daemon {
     /// A daemon for `config` (validated) with its opened journal, backends
     /// not yet connected.
     pub fn new(config: Config, journal: Journal) -> Arc<Daemon> {
+        let jobs_kept = config.jobs_kept;
         let journal = Arc::new(journal);
         let backends = Arc::new(Backends::new(&config));
         let settings = config.settings();
@@ -86,7 +87,7 @@ impl Daemon {
             late: Arc::default(),
             backends,
             config,
-            jobs: Jobs::default(),
+            jobs: Jobs::new(jobs_kept),
             stats: Stats::default(),
             metrics_changed: tokio::sync::Notify::new(),
             started: Instant::now(),

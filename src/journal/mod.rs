@@ -49,7 +49,7 @@ impl Inner {
                 self.live.retain(|(id, _)| *id != job);
                 self.ended.retain(|r| r.job_id() != job);
                 self.ended.push_back(record.clone());
-                while self.ended.len() > KEEP_ENDED {
+                while self.ended.len() > self.keep_ended {
                     self.ended.pop_front();
                 }
             }
@@ -116,6 +116,8 @@ struct Inner {
     live: Vec<(String, Vec<Record>)>,
     /// The newest end records.
     ended: VecDeque<Record>,
+    /// How many end records are kept.
+    keep_ended: usize,
     /// Guards armed and not cleared, one per domain.
     guards: Vec<Record>,
     /// Records appended since the last compaction.
@@ -181,6 +183,7 @@ impl Journal {
             file,
             live: Vec::new(),
             ended: VecDeque::new(),
+            keep_ended: KEEP_ENDED,
             guards: Vec::new(),
             appended: 0,
             len: good_len,
@@ -199,6 +202,15 @@ impl Journal {
             pause_at,
         };
         Ok((journal, records))
+    }
+
+    /// Keep the last `n` end records (default [`KEEP_ENDED`]).
+    pub fn keep_ended(&self, n: usize) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.keep_ended = n.max(1);
+        while inner.ended.len() > inner.keep_ended {
+            inner.ended.pop_front();
+        }
     }
 
     /// Append one record and make it durable before returning. Compacts

@@ -57,6 +57,7 @@ impl Bed {
             env: Vec::new(),
             activate: false,
             wait_ready: true,
+            exe: None,
         }
     }
 }
@@ -100,6 +101,8 @@ pub struct Launch {
     env: Vec<(String, String)>,
     activate: bool,
     wait_ready: bool,
+    /// Another daemon binary (the release build) than the test build's.
+    exe: Option<PathBuf>,
 }
 
 impl Launch {
@@ -141,6 +144,13 @@ impl Launch {
     /// elsewhere (to a path that must stay unused).
     pub fn socket_activated(mut self) -> Self {
         self.activate = true;
+        self
+    }
+
+    /// Run this daemon binary (e.g. the release build) instead of the
+    /// test build's.
+    pub fn exe(mut self, path: &Path) -> Self {
+        self.exe = Some(path.to_path_buf());
         self
     }
 
@@ -191,13 +201,17 @@ impl Launch {
         std::fs::write(&config, self.config_text(dir.path(), &own_socket)).expect("write config");
         let log = dir.path().join("daemon.log");
         let stderr = std::fs::File::create(&log).expect("create log");
-        let exe = env!("CARGO_BIN_EXE_rbdsnapd");
+        let exe = self
+            .exe
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rbdsnapd")));
+        let exe = exe.display().to_string();
         let mut command = if self.activate {
             let mut c = Command::new("systemd-socket-activate");
-            c.arg("-l").arg(&socket).arg(exe);
+            c.arg("-l").arg(&socket).arg(&exe);
             c
         } else {
-            Command::new(exe)
+            Command::new(&exe)
         };
         command
             .arg("--config")
