@@ -18,6 +18,7 @@ fn a_dead_mon_gives_ceph_unavailable_and_the_daemon_keeps_serving() {
     let extra = ExtraCluster::up(&bed.ceph, 300, "memstore");
     let d = bed
         .launch()
+        .libvirt_uri(&extra.testdrv_uri())
         .ceph_conf(std::path::Path::new(&extra.conf))
         .start();
     kill(Pid::from_raw(extra.pid("mon")), Signal::SIGKILL).expect("kill the mon");
@@ -51,6 +52,7 @@ fn an_osd_killed_mid_flatten_fails_clearly_and_is_rolled_back_once_it_returns() 
     let _big = common::BigDisk::new(&ceph, source, "1024M", "640M");
     let d = bed
         .launch()
+        .libvirt_uri(&extra.testdrv_uri())
         .ceph_conf(std::path::Path::new(&extra.conf))
         .extra("[snapshot]\nflatten_stall_secs = 15")
         .start();

@@ -421,7 +421,11 @@ fn cluster_flatten_is_refused_without_a_manager() {
     let Some(bed) = daemon::bed() else { return };
     let extra = ExtraCluster::up(&bed.ceph, 500, "memstore");
     let ceph = extra.ceph(&bed.ceph);
-    let d = bed.launch().ceph_conf(Path::new(&extra.conf)).start();
+    let d = bed
+        .launch()
+        .libvirt_uri(&extra.testdrv_uri())
+        .ceph_conf(Path::new(&extra.conf))
+        .start();
     let image = common::unique("nomgr");
     let answer = d.connect().call(
         "snapshot.create",
@@ -442,6 +446,7 @@ fn cluster_flatten_is_refused_without_a_manager() {
     drop(d);
     let d = bed
         .launch()
+        .libvirt_uri(&extra.testdrv_uri())
         .ceph_conf(Path::new(&extra.conf))
         .extra("[snapshot]\nclone_format = \"v1\"")
         .start();

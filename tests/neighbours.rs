@@ -314,7 +314,7 @@ fn a_disk_of_another_cluster_is_refused_and_its_own_cluster_takes_it() {
         "the same name in both"
     );
     other_ceph.write_image(twin, 0, &[b'B'; 4096]);
-    let other_uri = format!("test://{}/test-node.xml", other.dir);
+    let other_uri = other.testdrv_uri();
     let d = bed.launch().libvirt_uri(&other_uri).start();
     let mut c = d.connect();
     let image = common::unique("nb-twin");

@@ -8,8 +8,8 @@
 //! and no freeze call of ours is still running (a late freeze can land after
 //! any thaw that came before it), or when the domain is shut off without
 //! saved memory or gone. A paused or saved guest keeps its guard: its
-//! memory, and a freeze in it, comes back when it runs. While a domain has a guard, it gets no
-//! new snapshot.
+//! memory, and a freeze in it, comes back when it runs. While a domain has
+//! a guard, it gets no new snapshot.
 //!
 //! A guard whose job paused the vCPUs resumes them first (a paused guest's
 //! agent cannot thaw); a resume of a domain that is not paused is a no-op,

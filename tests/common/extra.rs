@@ -58,6 +58,13 @@ impl ExtraCluster {
         extra
     }
 
+    /// Its own test-driver domains, whose disks name its monitors (the
+    /// main bed's name the bed's: a daemon of this cluster refuses them as
+    /// disks of another cluster).
+    pub fn testdrv_uri(&self) -> String {
+        format!("test://{}/test-node.xml", self.dir)
+    }
+
     /// The pid of a daemon of the cluster (`mon`, `osd.0`).
     pub fn pid(&self, daemon: &str) -> i32 {
         self.state["cluster"]["pids"][daemon].as_i64().expect("pid") as i32
