@@ -151,7 +151,8 @@ impl Daemon {
                 self.recovery.wait(trail, reason);
             }
             Recovered::Ended(outcome, actions) => {
-                self.recovery.done(&trail.job_id, false);
+                // pending until counted: one step, so that nobody sees it
+                // neither pending nor recovered (passes never overlap)
                 self.end_recovered(&trail, outcome, actions).await;
             }
             Recovered::Resume {
