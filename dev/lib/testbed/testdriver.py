@@ -15,12 +15,14 @@ IMAGE_SIZE = 16 << 20
 
 
 def disk_xml(cluster, dev, image, boot=None, secret="00000000-0000-0000-0000-000000000000"):
+    # the monitor as the daemon's host reaches it (the systemd VM: the host
+    # end of its link): the daemon refuses disks naming another cluster
     boot_el = f"<boot order='{boot}'/>" if boot else ""
     return f"""
       <disk type='network' device='disk'>
         <driver name='qemu' type='raw' cache='writeback'/>
         <source protocol='rbd' name={quoteattr(image)}>
-          <host name='127.0.0.1' port='{cluster.mon_v1}'/>
+          <host name='{cluster.addr}' port='{cluster.mon_v1}'/>
         </source>
         <auth username='admin'><secret type='ceph' uuid='{secret}'/></auth>
         <target dev='{dev}' bus='virtio'/>{boot_el}
