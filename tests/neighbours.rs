@@ -123,7 +123,7 @@ fn an_image_without_an_id_record_is_not_deleted() {
 fn a_background_flattens_end_leaves_the_domain_to_the_job_that_holds_it() {
     let Some(bed) = daemon::bed() else { return };
     let ceph = &bed.ceph;
-    let _big = common::BigDisk::new(ceph, "vms/testdrv-01-vda", "512M", "384M");
+    let _big = common::BigDisk::new(ceph, "vms/testdrv-01-vda", "1536M", "1280M");
     let d = bed
         .launch()
         .env("RBDSNAPD_TEST_PAUSE_AT", "flattened")
