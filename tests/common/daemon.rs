@@ -258,6 +258,9 @@ fn merge(base: &mut toml::Table, extra: toml::Table) {
     }
 }
 
+/// How much of a daemon's log a failing test prints.
+const LOG_TAIL_LINES: usize = 60;
+
 /// A running daemon; SIGTERM (then SIGKILL after [`STOP_DEADLINE`]) on drop.
 #[derive(Debug)]
 pub struct DaemonProc {
@@ -287,6 +290,21 @@ impl DaemonProc {
     /// What the daemon logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+
+    /// On a failing test: whether the daemon still ran, and the end of its
+    /// log (CI keeps only the test's output, not the kept directory).
+    fn print_log_tail(&self, exited: Option<ExitStatus>) {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+        let state = exited.map_or("still running".to_string(), |s| format!("exited: {s}"));
+        eprintln!(
+            "----- daemon {} ({state}), last {} lines of {} -----\n{tail}\n-----",
+            self.socket.display(),
+            LOG_TAIL_LINES.min(lines.len()),
+            self.log.display()
+        );
     }
 
     /// Panic with `what` and the daemon's log.
@@ -402,7 +420,11 @@ impl Drop for DaemonProc {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        if child.try_wait().ok().flatten().is_some() {
+        let exited = child.try_wait().ok().flatten();
+        if std::thread::panicking() {
+            self.print_log_tail(exited);
+        }
+        if exited.is_some() {
             return;
         }
         if let Ok(pid) = i32::try_from(child.id()) {
