@@ -128,7 +128,8 @@ impl ErrorClass {
             | K::Unsupported
             | K::AgentUnavailable
             | K::Busy
-            | K::JobNotFound => ErrorClass::Refused,
+            | K::JobNotFound
+            | K::GuardNotFound => ErrorClass::Refused,
             K::FreezeFailed
             | K::FreezeTimeout
             | K::ThawFailed

@@ -19,12 +19,12 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
 use crate::daemon::results::{
-    Cancelled, CreateResult, DaemonStatus, Deleted, DomainDisks, JobList,
+    Cancelled, CreateResult, DaemonStatus, Deleted, Dismissed, DomainDisks, JobList,
 };
 use crate::daemon::JobRecord;
 use crate::protocol::{
-    CreateParams, DeleteParams, DomainParams, ErrorKind, JobParams, NoParams, ProgressParams,
-    RpcError,
+    CreateParams, DeleteParams, DomainParams, ErrorKind, GuardParams, JobParams, NoParams,
+    ProgressParams, RpcError,
 };
 
 /// The OpenRPC version the document follows.
@@ -175,6 +175,13 @@ const METHODS: &[Method] = &[
         params: root::<NoParams>,
         result: sub::<DaemonStatus>,
         errors: &[],
+    },
+    Method {
+        name: "guard.dismiss",
+        summary: "End the thaw guard of a guest an operator checked where it runs now",
+        params: root::<GuardParams>,
+        result: sub::<Dismissed>,
+        errors: &[ErrorKind::GuardNotFound, ErrorKind::PermissionDenied],
     },
     Method {
         name: "metrics",

@@ -190,6 +190,12 @@ impl Rule {
 }
 
 impl Scope {
+    /// Whether the caller sees what happens on domain `name` (its jobs,
+    /// its guard, its recovery): the domains its rules let it act on.
+    pub fn sees(&self, name: &str) -> bool {
+        self.domain(name).is_ok()
+    }
+
     /// Whether the caller may freeze and snapshot domain `name` (or look at
     /// its disks, or cancel its jobs). On success, the destination pools it
     /// may write into for that domain (`None`: any).

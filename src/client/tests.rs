@@ -301,6 +301,7 @@ fn every_error_kind_has_the_documented_class() {
         "agent_unavailable",
         "busy",
         "job_not_found",
+        "guard_not_found",
     ];
     const FAILED: &[&str] = &[
         "freeze_failed",

@@ -41,6 +41,13 @@ pub fn render(daemon: &Daemon) -> String {
         "Guests that may be frozen: their thaw is not confirmed, a guard keeps thawing them.",
         &[("", daemon.guards.list().len() as f64)],
     );
+    let departed = daemon.guards.list().iter().filter(|g| g.left_host).count();
+    out.metric(
+        "rbdsnapd_guests_at_risk_left_host",
+        "gauge",
+        "Guests at risk that left this host (migrated away): this daemon cannot thaw them; check them where they run, then guard.dismiss.",
+        &[("", departed as f64)],
+    );
     out.metric(
         "rbdsnapd_jobs_in_flight",
         "gauge",

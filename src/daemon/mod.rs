@@ -7,6 +7,7 @@ mod background;
 mod cancel;
 mod create;
 mod delete;
+mod guards;
 mod jobs;
 pub mod metrics;
 mod queries;
@@ -131,11 +132,14 @@ impl Daemon {
             Call::SnapshotDelete { pool, image, fsid } => {
                 delete::snapshot_delete(self, pool, image, fsid, scope).await
             }
-            Call::JobsList => queries::jobs_list(self),
-            Call::JobsGet(params) => queries::jobs_get(self, &params.job_id),
+            Call::JobsList => queries::jobs_list(self, scope),
+            Call::JobsGet(params) => queries::jobs_get(self, &params.job_id, scope),
             Call::JobsCancel(params) => cancel::jobs_cancel(self, &params.job_id, scope),
             Call::DomainDisks(params) => queries::domain_disks(self, params.domain, scope).await,
-            Call::DaemonStatus => queries::daemon_status(self),
+            Call::DaemonStatus => queries::daemon_status(self, scope),
+            Call::GuardDismiss(params) => {
+                guards::guard_dismiss(self, &params.domain_uuid, scope).await
+            }
             Call::Metrics => Ok(Value::String(metrics::render(self))),
             // generated once, at start, by the server
             Call::Discover => Err(RpcError::new(

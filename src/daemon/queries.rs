@@ -1,6 +1,8 @@
 //! The read-only methods: `jobs.list`, `jobs.get`, `domain.disks`,
-//! `daemon.status` (`domain.disks` only for domains the caller's rules
-//! allow).
+//! `daemon.status`. A caller held to `[[policy]]` rules sees only the
+//! domains those rules name: their disks, their jobs (with their images,
+//! request ids and locations), their guests at risk and their jobs waiting
+//! for recovery; the counts (jobs in flight, degraded) stay the host's.
 
 use std::sync::Arc;
 
@@ -16,18 +18,23 @@ use crate::policy::Scope;
 use crate::protocol::{ErrorKind, RpcError};
 use crate::snapshot::preflight::boot_disk;
 
-pub(super) fn jobs_list(daemon: &Daemon) -> Result<Value, RpcError> {
-    to_value(&JobList {
-        jobs: daemon.jobs.list(),
-    })
+pub(super) fn jobs_list(daemon: &Daemon, scope: &Scope) -> Result<Value, RpcError> {
+    let mut jobs = daemon.jobs.list();
+    jobs.retain(|job| scope.sees(&job.domain_name));
+    to_value(&JobList { jobs })
 }
 
-pub(super) fn jobs_get(daemon: &Daemon, job_id: &str) -> Result<Value, RpcError> {
+/// A job of a domain the caller's rules do not name is, to that caller,
+/// no job at all (the same answer as an id never used).
+pub(super) fn jobs_get(daemon: &Daemon, job_id: &str, scope: &Scope) -> Result<Value, RpcError> {
     match daemon.jobs.get(job_id) {
-        Some(job) => to_value(&job),
-        None => Err(RpcError::new(
+        Some(job) if scope.sees(&job.domain_name) => to_value(&job),
+        _ => Err(RpcError::new(
             ErrorKind::JobNotFound,
-            format!("no job {job_id:?} (the last 1024 finished jobs are kept, across restarts)"),
+            format!(
+                "no job {job_id:?} (the last {} finished jobs are kept, across restarts)",
+                daemon.config.jobs_kept
+            ),
         )),
     }
 }
@@ -55,17 +62,41 @@ pub(super) async fn domain_disks(
     })
 }
 
-pub(super) fn daemon_status(daemon: &Daemon) -> Result<Value, RpcError> {
+/// Whether the caller sees the domain of job `job_id`: an unrestricted
+/// caller everything, one held to rules only jobs of the domains they name
+/// (a job no longer kept, by its journalled domain name).
+fn sees_job(daemon: &Daemon, scope: &Scope, job_id: &str) -> bool {
+    match scope {
+        Scope::Unrestricted => true,
+        Scope::Rules { .. } => daemon
+            .jobs
+            .get(job_id)
+            .is_some_and(|job| scope.sees(&job.domain_name)),
+    }
+}
+
+pub(super) fn daemon_status(daemon: &Daemon, scope: &Scope) -> Result<Value, RpcError> {
     let libvirt = daemon.backends.libvirt_status();
     let ceph = daemon.backends.ceph_status();
     let fsid = daemon.backends.store().ok().and_then(|s| s.fsid().ok());
     let (running, queued) = daemon.slots.usage();
-    let at_risk = daemon.guards.list();
+    let mut at_risk = daemon.guards.list();
     let stuck = crate::owners::all().iter().any(|o| o.status().degraded);
+    // degraded counts every guest; the list names only the caller's
+    let degraded = !(libvirt.connected && ceph.connected && at_risk.is_empty()) || stuck;
+    at_risk.retain(|g| sees_job(daemon, scope, &g.job_id));
+    let mut recovery = daemon.recovery.status();
+    recovery
+        .pending
+        .retain(|p| sees_job(daemon, scope, &p.job_id));
+    if !matches!(scope, Scope::Unrestricted) {
+        // orphans are named by image, not by a domain the rules could match
+        recovery.orphans.clear();
+    }
     to_value(&DaemonStatus {
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_secs: daemon.uptime_secs(),
-        degraded: !(libvirt.connected && ceph.connected && at_risk.is_empty()) || stuck,
+        degraded,
         shutting_down: daemon.is_shutting_down(),
         libvirt: LibvirtLink {
             uri: daemon.backends.libvirt_uri().to_string(),
@@ -84,7 +115,7 @@ pub(super) fn daemon_status(daemon: &Daemon) -> Result<Value, RpcError> {
             running,
             queued,
         },
-        recovery: daemon.recovery.status(),
+        recovery,
         guests_at_risk: at_risk,
         blocking_calls: blocking_calls(),
         counters: daemon.stats.counters(),

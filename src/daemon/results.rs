@@ -44,6 +44,15 @@ pub struct JobList {
     pub jobs: Vec<JobRecord>,
 }
 
+/// `guard.dismiss`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Dismissed {
+    /// The guard as it was when dismissed.
+    pub guard: GuardInfo,
+    /// Always `true`: the daemon no longer reports or thaws this guest.
+    pub dismissed: bool,
+}
+
 /// `jobs.cancel`.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Cancelled {

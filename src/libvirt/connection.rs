@@ -15,7 +15,10 @@ use virt::domain::{
 };
 use virt::enumutil::Enum;
 
-use super::{xml, DomainInfo, DomainState, FreezeStatus, FsInfo, Hypervisor, Presence};
+use super::{
+    xml, DomainInfo, DomainState, FreezeStatus, FsInfo, Hypervisor, Migration, MigrationDirection,
+    Presence,
+};
 use super::{LibvirtError, LibvirtErrorKind};
 
 /// The real hypervisor: a libvirt connection to `uri`.
@@ -288,6 +291,12 @@ impl Hypervisor for LibvirtHypervisor {
                 _ => Presence::Paused,
             });
         }
+        if matches!(
+            reason,
+            Enum::Known(StateReason::Shutoff(Enum::Known(ShutoffReason::Migrated)))
+        ) {
+            return Ok(Presence::MigratedAway);
+        }
         let saved_to_file = matches!(
             reason,
             Enum::Known(StateReason::Shutoff(Enum::Known(ShutoffReason::Saved)))
@@ -296,6 +305,27 @@ impl Hypervisor for LibvirtHypervisor {
             return Ok(Presence::Saved);
         }
         Ok(Presence::ShutOff)
+    }
+
+    fn migration(&self, uuid: &str) -> Result<Option<Migration>, LibvirtError> {
+        let stats = self
+            .lookup(uuid)?
+            .job_stats(0)
+            .map_err(|e| LibvirtError::from_virt("job stats", uuid, &e))?;
+        if u32::try_from(stats.r#type) == Ok(virt::sys::VIR_DOMAIN_JOB_NONE) {
+            return Ok(None);
+        }
+        let direction = match stats.operation.and_then(|op| u32::try_from(op).ok()) {
+            Some(virt::sys::VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT) => MigrationDirection::Out,
+            Some(virt::sys::VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN) => MigrationDirection::In,
+            // a save, dump or backup job: not ours to judge here
+            _ => return Ok(None),
+        };
+        Ok(Some(Migration {
+            direction,
+            processed_bytes: stats.data_processed,
+            total_bytes: stats.data_total,
+        }))
     }
 
     fn freeze_status(&self, uuid: &str) -> Result<FreezeStatus, LibvirtError> {

@@ -66,8 +66,49 @@ pub enum Presence {
     Saved,
     /// Shut off without saved memory: a boot starts with nothing frozen.
     ShutOff,
-    /// libvirt does not know the domain any more.
+    /// Shut off here because it migrated to another host (a persistent
+    /// domain stays defined where it left): it runs there, a freeze with it.
+    MigratedAway,
+    /// libvirt does not know the domain any more: undefined, or a
+    /// transient domain that migrated away (libvirt cannot say which).
     Gone,
+}
+
+/// Which way a domain migrates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationDirection {
+    /// Leaving this host.
+    Out,
+    /// Arriving on this host.
+    In,
+}
+
+/// A migration job libvirt runs on a domain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct Migration {
+    /// Leaving or arriving.
+    pub direction: MigrationDirection,
+    /// Bytes sent so far and the total libvirt expects (memory and, with
+    /// storage migration, disks), when libvirt says.
+    pub processed_bytes: Option<u64>,
+    /// See `processed_bytes`.
+    pub total_bytes: Option<u64>,
+}
+
+impl fmt::Display for Migration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let way = match self.direction {
+            MigrationDirection::Out => "migrating to another host",
+            MigrationDirection::In => "migrating in from another host",
+        };
+        match (self.processed_bytes, self.total_bytes) {
+            (Some(done), Some(total)) if total > 0 => {
+                write!(f, "{way} ({} of {} MiB sent)", done >> 20, total >> 20)
+            }
+            _ => f.write_str(way),
+        }
+    }
 }
 
 /// A disk of the domain.
@@ -183,6 +224,11 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// not (nothing to do), so that a retry after an answer lost on the way
     /// is harmless.
     fn resume(&self, uuid: &str) -> Result<bool, LibvirtError>;
-    /// Whether the domain runs, is paused, saved, shut off or gone.
+    /// Whether the domain runs, is paused, saved, shut off, migrated away
+    /// or gone.
     fn presence(&self, uuid: &str) -> Result<Presence, LibvirtError>;
+    /// The migration libvirt runs on the domain now, if any.
+    fn migration(&self, _uuid: &str) -> Result<Option<Migration>, LibvirtError> {
+        Ok(None)
+    }
 }

@@ -62,6 +62,7 @@ error_kinds! {
     Busy = 1024, "busy";
     JobNotFound = 1025, "job_not_found";
     Cancelled = 1026, "cancelled";
+    GuardNotFound = 1027, "guard_not_found";
     LibvirtUnavailable = 1030, "libvirt_unavailable";
     CephUnavailable = 1031, "ceph_unavailable";
     Timeout = 1032, "timeout";

@@ -87,6 +87,16 @@ pub struct DomainParams {
     pub domain: String,
 }
 
+/// `guard.dismiss`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuardParams {
+    /// The guarded domain's UUID, as `daemon.status` `guests_at_risk[]`
+    /// names it.
+    #[schemars(schema_with = "schema::name")]
+    pub domain_uuid: String,
+}
+
 /// Methods without params (`jobs.list`, `daemon.status`) accept none or `{}`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +126,8 @@ pub enum Call {
     DomainDisks(DomainParams),
     /// `daemon.status`.
     DaemonStatus,
+    /// `guard.dismiss`: an operator ends a thaw guard.
+    GuardDismiss(GuardParams),
     /// `metrics`: the Prometheus text exposition.
     Metrics,
     /// `rpc.discover`: the OpenRPC document.
@@ -131,6 +143,7 @@ pub const METHODS: &[&str] = &[
     "jobs.cancel",
     "domain.disks",
     "daemon.status",
+    "guard.dismiss",
     "metrics",
     "rpc.discover",
 ];
@@ -150,6 +163,11 @@ impl Call {
                 Call::DomainDisks(p)
             }
             "daemon.status" => parse::<NoParams>(params).map(|_| Call::DaemonStatus)?,
+            "guard.dismiss" => {
+                let p: GuardParams = parse(params)?;
+                check_name("domain_uuid", &p.domain_uuid)?;
+                Call::GuardDismiss(p)
+            }
             "metrics" => parse::<NoParams>(params).map(|_| Call::Metrics)?,
             "rpc.discover" => parse::<NoParams>(params).map(|_| Call::Discover)?,
             other => {

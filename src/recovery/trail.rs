@@ -147,6 +147,7 @@ pub fn guards(records: &[Record]) -> Vec<GuardInfo> {
                     since_unix: *since,
                     attempts: 0,
                     last_error: format!("resumed after a restart: {reason}"),
+                    left_host: false,
                     window: Window {
                         thaw: *thaw,
                         resume: *resume,

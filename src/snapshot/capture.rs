@@ -393,6 +393,8 @@ pub(super) async fn undo_window(
             guard::Thaw::Confirmed if pending.is_none() => return Ok(()),
             guard::Thaw::Confirmed => "a call of ours is still running".to_string(),
             guard::Thaw::NotYet(why) => why,
+            // out of reach: the guard reports it
+            guard::Thaw::Departed(why) => break why,
         };
         if Instant::now() + Duration::from_millis(250) >= until {
             break why;

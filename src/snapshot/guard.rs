@@ -7,9 +7,13 @@
 //! A guard is cleared only when the agent itself reports the guest thawed
 //! and no freeze call of ours is still running (a late freeze can land after
 //! any thaw that came before it), or when the domain is shut off without
-//! saved memory or gone. A paused or saved guest keeps its guard: its
-//! memory, and a freeze in it, comes back when it runs. While a domain has
-//! a guard, it gets no new snapshot.
+//! saved memory. A paused or saved guest keeps its guard: its memory, and a
+//! freeze in it, comes back when it runs. A domain that left the host
+//! (migrated away, or undefined) keeps it too, reported as `left_host`: it
+//! may run frozen elsewhere. Its guard looks for it every few seconds (a
+//! migration back brings it within reach again) until an operator who
+//! checked the guest where it runs dismisses it. While a domain has a
+//! guard, it gets no new snapshot.
 //!
 //! A guard whose job paused the vCPUs resumes them first (a paused guest's
 //! agent cannot thaw); a resume of a domain that is not paused is a no-op,
@@ -34,6 +38,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// Longest wait between two attempts: a late freeze is thawed at most this
 /// long (plus one agent round trip) after it lands.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often a guard looks for a domain that left the host.
+const DEPARTED_POLL: Duration = Duration::from_secs(5);
 /// Failed attempts between two warnings in the log (the first always warns).
 const WARN_EVERY: u64 = 10;
 
@@ -74,6 +80,9 @@ pub struct GuardInfo {
     pub attempts: u64,
     /// Why the guest is not confirmed thawed yet.
     pub last_error: String,
+    /// The domain left this host (migrated away, or undefined) with its
+    /// freeze not confirmed undone: this daemon can no longer reach it.
+    pub left_host: bool,
     /// What the guard undoes: the freeze, and the pause of the vCPUs.
     #[serde(flatten)]
     pub window: Window,
@@ -121,9 +130,11 @@ pub enum Thaw {
     /// The agent reports thawed (or, without an agent to ask, the thaw
     /// answered).
     Confirmed,
-    /// The domain is shut off (without saved memory) or gone: nothing is
-    /// frozen any more.
+    /// The domain is shut off (without saved memory): nothing is frozen
+    /// any more.
     Gone,
+    /// The domain left this host, maybe frozen; why, in words.
+    Departed(String),
     /// Not confirmed; why.
     NotYet(String),
 }
@@ -194,11 +205,26 @@ fn not_running(e: &LibvirtError) -> bool {
     )
 }
 
-/// Only a domain shut off without saved memory (a boot starts thawed) or
-/// gone ends a guard; a paused or saved one keeps it until it runs.
+/// Only a domain shut off without saved memory (a boot starts thawed)
+/// ends a guard; a paused or saved one keeps it until it runs, and one that
+/// left the host keeps it, reported, until it comes back or an operator
+/// dismisses it (`guard.dismiss`).
 fn judge_presence(presence: Result<Presence, LibvirtError>) -> Option<Thaw> {
     match presence {
-        Ok(Presence::ShutOff | Presence::Gone) => Some(Thaw::Gone),
+        Ok(Presence::ShutOff) => Some(Thaw::Gone),
+        Ok(Presence::MigratedAway) => Some(Thaw::Departed(
+            "the domain migrated to another host before its thaw was confirmed: it may run \
+             there frozen, out of this daemon's reach; check it there (virsh domfsinfo, \
+             virsh domfsthaw), then rbdsnapctl guard dismiss"
+                .into(),
+        )),
+        Ok(Presence::Gone) => Some(Thaw::Departed(
+            "libvirt on this host no longer knows the domain (migrated away as a transient \
+             domain, or undefined) and its thaw was not confirmed: if it runs elsewhere it \
+             may be frozen there; check it there (virsh domfsinfo, virsh domfsthaw), then \
+             rbdsnapctl guard dismiss"
+                .into(),
+        )),
         Ok(Presence::Paused) => Some(Thaw::NotYet(
             "the domain is paused (its vCPUs stopped): the agent cannot thaw until it runs \
              again; thawed as soon as it does"
@@ -340,6 +366,7 @@ impl ThawGuards {
             since_unix: unix_now(),
             attempts: 0,
             last_error: why,
+            left_host: false,
             window,
         };
         if let Some(existing) = self.get(uuid) {
@@ -398,34 +425,60 @@ impl ThawGuards {
             if pending.as_ref().is_some_and(JoinHandle::is_finished) {
                 pending = None;
             }
-            let why = match outcome {
+            let (why, left) = match outcome {
                 Thaw::Gone => break,
                 Thaw::Confirmed if pending.is_none() => break,
-                Thaw::Confirmed => "thawed, but a freeze call of ours is still running".into(),
-                Thaw::NotYet(why) => why,
+                Thaw::Confirmed => (
+                    "thawed, but a freeze call of ours is still running".into(),
+                    false,
+                ),
+                Thaw::NotYet(why) => (why, false),
+                Thaw::Departed(why) => (why, true),
             };
-            self.note_failure(&uuid, why);
-            tokio::time::sleep(backoff).await;
+            if !self.note_failure(&uuid, &info.job_id, why, left) {
+                // dismissed by an operator meanwhile
+                return;
+            }
+            // a departed domain is only looked for, in case it comes back
+            let wait = if left { DEPARTED_POLL } else { backoff };
+            tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
-        self.clear(&uuid).await;
+        self.clear(&uuid, &info.job_id).await;
     }
 
-    fn note_failure(&self, uuid: &str, why: String) {
+    /// Record a failed attempt; `false` when the guard is gone (dismissed).
+    fn note_failure(&self, uuid: &str, job_id: &str, why: String, left: bool) -> bool {
         let mut guards = self.lock();
-        let Some(guard) = guards.get_mut(uuid) else {
-            return;
+        let Some(guard) = guards.get_mut(uuid).filter(|g| g.job_id == job_id) else {
+            return false;
         };
+        if left && !guard.left_host {
+            tracing::error!(domain_uuid = uuid, job_id = %guard.job_id, reason = %why,
+                "guest at risk left this host: it may be frozen where it runs now");
+        } else if !left && guard.left_host {
+            tracing::warn!(domain_uuid = uuid, job_id = %guard.job_id,
+                "guest at risk is back on this host: thawing it");
+        }
+        guard.left_host = left;
         guard.attempts += 1;
         if guard.attempts % WARN_EVERY == 1 {
             tracing::warn!(domain_uuid = uuid, job_id = %guard.job_id, attempts = guard.attempts,
                 reason = %why, "guest at risk: thaw not confirmed yet, retrying");
         }
         guard.last_error = why;
+        true
     }
 
-    async fn clear(&self, uuid: &str) {
-        let Some(info) = self.lock().remove(uuid) else {
+    async fn clear(&self, uuid: &str, job_id: &str) {
+        let info = {
+            let mut guards = self.lock();
+            if guards.get(uuid).is_none_or(|g| g.job_id != job_id) {
+                return;
+            }
+            guards.remove(uuid)
+        };
+        let Some(info) = info else {
             return;
         };
         let log = Arc::clone(&self.log);
@@ -438,6 +491,25 @@ impl ThawGuards {
             "guest confirmed thawed: guard cleared");
         self.restore_agent_timeout(uuid).await;
         self.cleared.notify_waiters();
+    }
+
+    /// An operator checked the guest where it runs now: stop guarding
+    /// `uuid` (journalled, so a restart does not bring the guard back).
+    /// The guard that was dismissed and whether the journal has it, or
+    /// `None` without a guard.
+    pub async fn dismiss(&self, uuid: &str) -> Option<(GuardInfo, Result<(), String>)> {
+        let info = self.lock().remove(uuid)?;
+        self.restore_timeouts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uuid);
+        let log = Arc::clone(&self.log);
+        let durable = info.clone();
+        let journalled = blocking::journal(move || log.cleared(&durable)).await;
+        tracing::warn!(domain_uuid = uuid, job_id = %info.job_id, left_host = info.left_host,
+            reason = %info.last_error, "thaw guard dismissed by an operator");
+        self.cleared.notify_waiters();
+        Some((info, journalled))
     }
 
     /// If `uuid` has a guard, give the domain agent timeout `seconds` back

@@ -36,6 +36,8 @@ pub mod workflow;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
 #[cfg(test)]
+mod migration_tests;
+#[cfg(test)]
 mod neighbour_tests;
 #[cfg(test)]
 mod ownership_tests;

@@ -64,6 +64,7 @@ pub async fn plan(
             format!("domain {} is {:?}, not running", domain.name, domain.state).to_lowercase(),
         ));
     }
+    refuse_if_migrating(hv, &domain, deadline).await?;
     let selected = select_disks(&domain, &req.disks)?;
     let named: Vec<(String, Vec<String>)> = selected
         .iter()
@@ -120,6 +121,29 @@ pub async fn plan(
         freeze,
         agent_timeout_restore,
     })
+}
+
+/// A guest frozen while it migrates leaves with its freeze, and the thaw
+/// sent here finds no domain: no freeze while libvirt migrates it.
+async fn refuse_if_migrating(
+    hv: &Arc<dyn Hypervisor>,
+    domain: &DomainInfo,
+    deadline: std::time::Duration,
+) -> Result<(), SnapshotError> {
+    let (hv, uuid) = (Arc::clone(hv), domain.uuid.clone());
+    let migration = blocking::hv("migration check", deadline, move || hv.migration(&uuid)).await?;
+    match migration {
+        None => Ok(()),
+        Some(migration) => Err(SnapshotError::new(
+            Kind::Busy,
+            format!(
+                "domain {} is {migration}: no freeze while it migrates (the guest would leave \
+                 frozen, out of this host's reach); ask again once the migration ended, on \
+                 the host it then runs on",
+                domain.name
+            ),
+        )),
+    }
 }
 
 /// `background` and `cluster` answer before the flatten, so the temporary

@@ -113,10 +113,26 @@ pub enum Command {
         /// Domain name or UUID
         domain: String,
     },
+    /// Act on a thaw guard (a guest whose thaw is not confirmed)
+    Guard {
+        #[command(subcommand)]
+        action: GuardAction,
+    },
     /// Show the daemon's version, connections, jobs and counters
     Status,
     /// Print the daemon's metrics in the Prometheus text format
     Metrics,
+}
+
+/// What to do with a thaw guard.
+#[derive(Debug, Subcommand)]
+pub enum GuardAction {
+    /// Stop guarding a guest you checked where it runs now (one that
+    /// migrated away, say): the daemon no longer reports or thaws it
+    Dismiss {
+        /// The domain's UUID, as `status` lists it under guests at risk
+        domain_uuid: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -22,7 +22,7 @@ use clap::Parser;
 use rbdsnapd::client::Client;
 use serde_json::{json, Map, Value};
 
-use cli::{Args, Command, Flatten, Quiesce};
+use cli::{Args, Command, Flatten, GuardAction, Quiesce};
 use progress::ProgressLine;
 use report::{exit_code, print_out, report, Failure};
 
@@ -112,6 +112,13 @@ fn run(args: &Args) -> Result<(), Box<Failure>> {
             ),
         },
         Command::Disks { .. } => render::disks(&result),
+        Command::Guard {
+            action: GuardAction::Dismiss { domain_uuid },
+        } => format!(
+            "dismissed the thaw guard on {domain_uuid} (job {}); the daemon no longer \
+             reports or thaws it\n",
+            result["guard"]["job_id"].as_str().unwrap_or("?")
+        ),
         Command::Status => render::status(&result),
         Command::Metrics => result.as_str().unwrap_or_default().to_string(),
     };
@@ -181,6 +188,9 @@ fn request(command: &Command) -> (&'static str, Value) {
         Command::Jobs { job_id: None } => ("jobs.list", json!({})),
         Command::Cancel { job_id } => ("jobs.cancel", json!({ "job_id": job_id })),
         Command::Disks { domain } => ("domain.disks", json!({ "domain": domain })),
+        Command::Guard {
+            action: GuardAction::Dismiss { domain_uuid },
+        } => ("guard.dismiss", json!({ "domain_uuid": domain_uuid })),
         Command::Status => ("daemon.status", json!({})),
         Command::Metrics => ("metrics", json!({})),
     }

@@ -4,7 +4,7 @@
 use super::Fake;
 use crate::libvirt::{
     DomainInfo, DomainState, FreezeStatus, FsInfo, Hypervisor, LibvirtError, LibvirtErrorKind,
-    Presence,
+    Migration, Presence,
 };
 use std::sync::Arc;
 
@@ -110,8 +110,21 @@ impl Hypervisor for FakeHv {
             DomainState::Running if w.paused.get(uuid) == Some(&true) => Presence::Paused,
             DomainState::Running => Presence::Running,
             DomainState::Paused | DomainState::Other => Presence::Paused,
+            DomainState::Shutoff if w.migrated_away.contains(uuid) => Presence::MigratedAway,
             DomainState::Shutoff => Presence::ShutOff,
         })
+    }
+
+    fn migration(&self, uuid: &str) -> Result<Option<Migration>, LibvirtError> {
+        self.0.hv_fault("migration")?;
+        Ok(self
+            .0
+            .world
+            .lock()
+            .expect("world")
+            .migrations
+            .get(uuid)
+            .cloned())
     }
 
     fn freeze_status(&self, uuid: &str) -> Result<FreezeStatus, LibvirtError> {

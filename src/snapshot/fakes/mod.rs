@@ -4,13 +4,13 @@
 //! a protected parent snapshot, a protected snapshot with children cannot be
 //! unprotected, an image with snapshots cannot be removed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::libvirt::{
     AgentChannel, Disk, DiskSource, DomainInfo, DomainState, LibvirtError, LibvirtErrorKind,
-    RbdSource,
+    Migration, RbdSource,
 };
 use crate::rbd::{CloneFormat, ImageSpec, ParentSpec, RbdError, RbdErrorKind};
 
@@ -46,6 +46,10 @@ pub struct World {
     pub paused: HashMap<String, bool>,
     /// Agent response timeouts set on domains (absent: never set).
     pub agent_timeouts: HashMap<String, i32>,
+    /// Migrations libvirt runs on domains.
+    pub migrations: HashMap<String, Migration>,
+    /// Domains shut off here because they migrated away.
+    pub migrated_away: HashSet<String>,
     pub images: BTreeMap<String, FakeImage>,
     pub pools: Vec<String>,
     pub clone_format: Option<CloneFormat>,
@@ -233,12 +237,15 @@ impl Fake {
     /// stopped (or that is shut off) with "domain is not running".
     fn refuse_if_stopped(&self, op: &'static str, uuid: &str) -> Result<(), LibvirtError> {
         let w = self.world.lock().expect("world");
-        let stopped = w
-            .domains
-            .iter()
-            .find(|d| d.uuid == uuid)
-            .is_some_and(|d| d.state != DomainState::Running);
-        if stopped {
+        let Some(domain) = w.domains.iter().find(|d| d.uuid == uuid) else {
+            return Err(LibvirtError::new(
+                op,
+                uuid,
+                LibvirtErrorKind::DomainNotFound,
+                "Domain not found: no domain with matching uuid",
+            ));
+        };
+        if domain.state != DomainState::Running {
             return Err(LibvirtError::new(
                 op,
                 uuid,
@@ -247,6 +254,39 @@ impl Fake {
             ));
         }
         Ok(())
+    }
+
+    /// Start (`Some`) or end (`None`) a migration job on a domain.
+    pub fn set_migration(&self, uuid: &str, migration: Option<Migration>) {
+        let mut w = self.world.lock().expect("world");
+        match migration {
+            Some(m) => w.migrations.insert(uuid.into(), m),
+            None => w.migrations.remove(uuid),
+        };
+    }
+
+    /// The domain left this host by migration: a persistent one stays
+    /// defined, shut off (reason migrated); a transient one is gone.
+    pub fn migrate_away(&self, uuid: &str, persistent: bool) {
+        let mut w = self.world.lock().expect("world");
+        w.migrations.remove(uuid);
+        if persistent {
+            if let Some(d) = w.domains.iter_mut().find(|d| d.uuid == uuid) {
+                d.state = DomainState::Shutoff;
+            }
+            w.migrated_away.insert(uuid.into());
+        } else {
+            w.domains.retain(|d| d.uuid != uuid);
+        }
+    }
+
+    /// The domain migrated back and runs here again (still frozen, if it
+    /// was when it left).
+    pub fn migrate_home(&self, domain: DomainInfo) {
+        let mut w = self.world.lock().expect("world");
+        w.migrated_away.remove(&domain.uuid);
+        w.domains.retain(|d| d.uuid != domain.uuid);
+        w.domains.push(domain);
     }
 
     /// Set a domain's run state (an operator's pause, a shutdown).

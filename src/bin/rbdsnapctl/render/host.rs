@@ -176,5 +176,29 @@ pub fn status(result: &Value) -> String {
     for (key, value) in rows {
         let _ = writeln!(out, "{key:<10}{value}");
     }
+    out.push_str(&guests_at_risk(result));
+    out
+}
+
+/// One line per guest whose thaw is not confirmed, with what to do.
+fn guests_at_risk(result: &Value) -> String {
+    let mut out = String::new();
+    let guards = result.get("guests_at_risk").and_then(Value::as_array);
+    for guard in guards.into_iter().flatten() {
+        let left = if guard.get("left_host").and_then(Value::as_bool) == Some(true) {
+            ", LEFT THIS HOST"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "{:<10}{} (job {}, {} attempts{left}): {}",
+            "at risk",
+            text(guard, "domain_uuid"),
+            text(guard, "job_id"),
+            number(guard, "attempts").unwrap_or(0),
+            text(guard, "last_error")
+        );
+    }
     out
 }
