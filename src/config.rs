@@ -59,6 +59,14 @@ pub struct Config {
     pub allowed_groups: Vec<String>,
     /// Connections served at once; more are refused.
     pub max_connections: usize,
+    /// Connections one caller (uid) may hold at once, so that one client
+    /// cannot take every slot; more are refused.
+    pub max_connections_per_caller: usize,
+    /// `on_busy: "wait"` requests that may wait for one domain; more are
+    /// refused `busy`.
+    pub max_waiting_per_domain: usize,
+    /// `on_busy: "wait"` requests one caller (uid) may have waiting.
+    pub max_waiting_per_caller: usize,
     /// Longest request line; a longer one gets an error and the connection
     /// is closed.
     pub max_line_bytes: usize,
@@ -255,6 +263,9 @@ impl Default for Config {
             allowed_users: Vec::new(),
             allowed_groups: Vec::new(),
             max_connections: 1024,
+            max_connections_per_caller: 256,
+            max_waiting_per_domain: 16,
+            max_waiting_per_caller: 64,
             max_line_bytes: 64 * 1024,
             idle_timeout_secs: 600.0,
             state_dir: PathBuf::from("/var/lib/rbdsnapd"),
@@ -351,6 +362,18 @@ impl Config {
         }
         if self.max_connections == 0 || self.max_line_bytes < 1024 {
             return bad("max_connections must be > 0 and max_line_bytes >= 1024".into());
+        }
+        for (name, value) in [
+            (
+                "max_connections_per_caller",
+                self.max_connections_per_caller,
+            ),
+            ("max_waiting_per_domain", self.max_waiting_per_domain),
+            ("max_waiting_per_caller", self.max_waiting_per_caller),
+        ] {
+            if !(1..=1_000_000).contains(&value) {
+                return bad(format!("{name} {value} is not 1-1000000"));
+            }
         }
         for (name, secs, max) in [
             ("idle_timeout_secs", self.idle_timeout_secs, 86_400.0),

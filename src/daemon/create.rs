@@ -31,6 +31,7 @@ pub(super) async fn snapshot_create(
     request_id: Value,
     notify: Notify,
     scope: &Scope,
+    caller_uid: Option<u32>,
 ) -> Result<Value, RpcError> {
     daemon.refuse_if_shutting_down()?;
     let hv = daemon.backends.hypervisor()?;
@@ -49,6 +50,7 @@ pub(super) async fn snapshot_create(
         image: params.image.clone(),
         request_id: params.request_id.clone(),
         params: serde_json::to_value(&params).unwrap_or_default(),
+        caller_uid,
     };
     let wait = match params.on_busy.as_deref() {
         Some(policy) => policy == "wait",
@@ -113,7 +115,11 @@ async fn start_or_wait(
         Err(e) if wait && e.kind() == ErrorKind::Busy => {}
         other => return other,
     }
-    let cancel = daemon.jobs.enqueue(new.clone());
+    let limits = super::jobs::WaitLimits {
+        per_domain: daemon.config.max_waiting_per_domain,
+        per_caller: daemon.config.max_waiting_per_caller,
+    };
+    let cancel = daemon.jobs.enqueue(new.clone(), limits)?;
     loop {
         let changed = daemon.jobs.changed();
         let position = daemon

@@ -84,10 +84,22 @@ pub struct JobRecord {
     /// The domain's name (`[[policy]]` patterns match it).
     #[serde(skip)]
     pub domain_name: String,
+    /// The caller's uid, when known.
+    #[serde(skip)]
+    pub caller_uid: Option<u32>,
     /// Published when the job answers, for its requester and retries that
     /// join it.
     #[serde(skip)]
     answered: Arc<watch::Sender<Option<Result<Value, RpcError>>>>,
+}
+
+/// How many `on_busy: "wait"` requests may wait.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitLimits {
+    /// For one domain.
+    pub per_domain: usize,
+    /// For one caller (uid), over all domains.
+    pub per_caller: usize,
 }
 
 /// A finished job's times and last phase, as its journalled end says.
@@ -119,6 +131,8 @@ pub struct NewJob {
     pub request_id: Option<String>,
     /// Params as received.
     pub params: Value,
+    /// The caller's uid (its waiting requests are capped), when known.
+    pub caller_uid: Option<u32>,
 }
 
 /// Where a job's answer is published: the outcome for most jobs, the
@@ -219,6 +233,7 @@ impl JobRecord {
             params: new.params,
             domain_uuid: new.domain_uuid,
             domain_name: new.domain_name,
+            caller_uid: new.caller_uid,
             answered: Arc::new(watch::channel(None).0),
         }
     }
@@ -281,15 +296,47 @@ impl Jobs {
 
     /// A request for a busy domain that waits (`on_busy: "wait"`): listed
     /// and cancellable at once, holding no domain until [`Jobs::start_queued`].
-    pub fn enqueue(&self, new: NewJob) -> CancelFlag {
+    /// Refused `busy` when its domain, or its caller, has `limits` waiting.
+    pub fn enqueue(&self, new: NewJob, limits: WaitLimits) -> Result<CancelFlag, RpcError> {
+        let mut inner = self.lock();
+        let waiting = || {
+            inner
+                .jobs
+                .values()
+                .filter(|j| j.waiting_for_domain && j.state == JobState::Running)
+        };
+        let for_domain = waiting()
+            .filter(|j| j.domain_uuid == new.domain_uuid)
+            .count();
+        if for_domain >= limits.per_domain {
+            return Err(RpcError::new(
+                ErrorKind::Busy,
+                format!(
+                    "domain {} has {for_domain} requests waiting already (max_waiting_per_domain): \
+                     not queued; retry later",
+                    new.domain
+                ),
+            ));
+        }
+        if let Some(uid) = new.caller_uid {
+            let for_caller = waiting().filter(|j| j.caller_uid == Some(uid)).count();
+            if for_caller >= limits.per_caller {
+                return Err(RpcError::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "uid {uid} has {for_caller} requests waiting already \
+                         (max_waiting_per_caller): not queued; retry later"
+                    ),
+                ));
+            }
+        }
         let mut record = JobRecord::new(new, JobState::Running);
         record.phase = Phase::Queued;
         record.waiting_for_domain = true;
         let cancel = record.cancel.clone();
-        let mut inner = self.lock();
         inner.jobs.insert(record.job_id.clone(), record);
         Self::renumber_queue(&mut inner);
-        cancel
+        Ok(cancel)
     }
 
     /// Start a waiting job if its domain is free and it is the first in

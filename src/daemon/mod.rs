@@ -116,18 +116,20 @@ impl Daemon {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// Carry out one call for a caller allowed `scope`; `request_id` and
-    /// `notify` serve progress.
+    /// Carry out one call for a caller allowed `scope` (`caller_uid`, when
+    /// known, counts its waiting requests); `request_id` and `notify` serve
+    /// progress.
     pub async fn handle(
         self: &Arc<Self>,
         call: Call,
         request_id: Value,
         notify: Notify,
         scope: &Scope,
+        caller_uid: Option<u32>,
     ) -> Result<Value, RpcError> {
         let outcome = match call {
             Call::SnapshotCreate(params) => {
-                create::snapshot_create(self, params, request_id, notify, scope).await
+                create::snapshot_create(self, params, request_id, notify, scope, caller_uid).await
             }
             Call::SnapshotDelete { pool, image, fsid } => {
                 delete::snapshot_delete(self, pool, image, fsid, scope).await

@@ -46,6 +46,7 @@ fn new_job(job_id: &str, request_id: Option<String>, params: &Value, domain_uuid
         image: field("image"),
         request_id,
         params: params.clone(),
+        caller_uid: None,
     }
 }
 

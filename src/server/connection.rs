@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::echo::IdEcho;
@@ -17,6 +17,13 @@ use super::Shared;
 use crate::daemon::Notify;
 use crate::policy::{Peer, Scope};
 use crate::protocol::{Call, ErrorKind, Notification, Request, Response, RpcError, JSONRPC};
+
+/// Who is on the other end: what its rules allow, and its uid.
+#[derive(Debug)]
+struct Caller {
+    scope: Scope,
+    uid: Option<u32>,
+}
 
 /// What reading the next request produced.
 enum Next {
@@ -40,7 +47,7 @@ pub(super) async fn serve(
     stream: UnixStream,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
-    _slot: OwnedSemaphorePermit,
+    _slots: super::Slots,
 ) {
     let cred = stream.peer_cred().ok();
     let (groups, peer) = {
@@ -95,8 +102,11 @@ pub(super) async fn serve(
                 groups: &groups,
             })
         });
-        let scope = Arc::new(scope.unwrap_or(Scope::Unrestricted));
-        read_requests(read, &shared, &out, &mut shutdown, peer, scope).await;
+        let caller = Arc::new(Caller {
+            scope: scope.unwrap_or(Scope::Unrestricted),
+            uid: cred.map(|c| c.uid()),
+        });
+        read_requests(read, &shared, &out, &mut shutdown, peer, caller).await;
     }
     drop(out);
     let _ = writer.await;
@@ -108,11 +118,14 @@ async fn read_requests(
     out: &mpsc::Sender<String>,
     shutdown: &mut watch::Receiver<bool>,
     peer: Option<Arc<OwnedFd>>,
-    scope: Arc<Scope>,
+    caller: Arc<Caller>,
 ) {
     let mut reader = BufReader::new(read);
     let mut buf = Vec::new();
     let mut in_flight = JoinSet::new();
+    // only a request counts as activity: blank lines do not keep a
+    // connection (and its slot) alive
+    let mut idle_until = tokio::time::Instant::now() + shared.idle;
     loop {
         while in_flight.try_join_next().is_some() {}
         // back-pressure: a client that sends without reading its answers
@@ -121,12 +134,12 @@ async fn read_requests(
             in_flight.join_next().await;
         }
         let next = tokio::select! {
-            next = tokio::time::timeout(shared.idle, next_line(&mut reader, &mut buf, shared.max_line)) => next,
+            next = tokio::time::timeout_at(idle_until, next_line(&mut reader, &mut buf, shared.max_line)) => next,
             _ = shutdown.changed() => break,
         };
         match next {
             Err(_idle) if in_flight.is_empty() => break,
-            Err(_idle) => continue,
+            Err(_idle) => idle_until = tokio::time::Instant::now() + shared.idle,
             Ok(Err(_)) | Ok(Ok(Next::Eof)) => break,
             Ok(Ok(Next::TooLong)) => {
                 let msg = format!(
@@ -142,12 +155,13 @@ async fn read_requests(
             }
             Ok(Ok(Next::Line(line))) if line.iter().all(u8::is_ascii_whitespace) => {}
             Ok(Ok(Next::Line(line))) => {
+                idle_until = tokio::time::Instant::now() + shared.idle;
                 in_flight.spawn(handle_line(
                     line,
                     Arc::clone(shared),
                     out.clone(),
                     peer.clone(),
-                    Arc::clone(&scope),
+                    Arc::clone(&caller),
                 ));
             }
         }
@@ -206,7 +220,7 @@ async fn handle_line(
     shared: Arc<Shared>,
     out: mpsc::Sender<String>,
     peer: Option<Arc<OwnedFd>>,
-    scope: Arc<Scope>,
+    caller: Arc<Caller>,
 ) {
     let (echo, call) = match parse(&line) {
         Ok(parsed) => parsed,
@@ -239,7 +253,13 @@ async fn handle_line(
             shared.daemon.stats.answered(false);
             Ok(shared.document.clone())
         }
-        call => shared.daemon.handle(call, id.clone(), notify, &scope).await,
+        call => {
+            let (scope, uid) = (&caller.scope, caller.uid);
+            shared
+                .daemon
+                .handle(call, id.clone(), notify, scope, uid)
+                .await
+        }
     };
     let response = match outcome {
         Ok(result) => Response::ok(id, result),

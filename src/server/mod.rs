@@ -8,13 +8,14 @@ mod echo;
 pub mod gate;
 pub mod listener;
 pub mod peer;
+mod quota;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::daemon::Daemon;
@@ -42,19 +43,20 @@ pub struct Shared {
 /// wait for every connection to answer what it has in flight.
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(shared.daemon.config.max_connections));
+    let per_caller = quota::PerCaller::new(shared.daemon.config.max_connections_per_caller);
     let mut connections = JoinSet::new();
     let mut burst = crate::memory::BurstWatch::default();
     let mut stop = shutdown.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(slot) => {
-                        connections.spawn(connection::serve(stream, Arc::clone(&shared), shutdown.clone(), slot));
+                Ok((stream, _)) => match admit(&slots, &per_caller, &stream) {
+                    Ok(slots) => {
+                        connections.spawn(connection::serve(stream, Arc::clone(&shared), shutdown.clone(), slots));
                         burst.connections(connections.len());
                     }
-                    Err(_) => {
-                        tokio::spawn(refuse(stream));
+                    Err(why) => {
+                        tokio::spawn(refuse(stream, why));
                     }
                 },
                 Err(e) => {
@@ -98,12 +100,51 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: watch:
 /// once no job runs.
 const FLUSH_AT_STOP: Duration = Duration::from_secs(5);
 
-/// Past the connection limit: say so, then close.
-async fn refuse(mut stream: tokio::net::UnixStream) {
-    let error = RpcError::new(
-        ErrorKind::TooManyConnections,
-        "too many connections; retry later",
-    );
+/// What a connection holds while it is served: its place under the
+/// daemon's limit and under its caller's.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    _daemon: OwnedSemaphorePermit,
+    _caller: Option<quota::CallerSlot>,
+}
+
+/// A place under both limits, or why there is none.
+fn admit(
+    slots: &Arc<Semaphore>,
+    per_caller: &Arc<quota::PerCaller>,
+    stream: &tokio::net::UnixStream,
+) -> Result<Slots, String> {
+    let uid = stream.peer_cred().ok().map(|c| c.uid());
+    let caller = match uid {
+        Some(uid) => match per_caller.take(uid) {
+            Some(slot) => Some(slot),
+            None => {
+                tracing::warn!(
+                    uid,
+                    held = per_caller.held_by(uid),
+                    "refused a connection: its caller holds max_connections_per_caller"
+                );
+                return Err(format!(
+                    "uid {uid} holds {} connections already (max_connections_per_caller); \
+                     close some, or retry later",
+                    per_caller.held_by(uid)
+                ));
+            }
+        },
+        None => None,
+    };
+    let daemon = Arc::clone(slots)
+        .try_acquire_owned()
+        .map_err(|_| "too many connections; retry later".to_string())?;
+    Ok(Slots {
+        _daemon: daemon,
+        _caller: caller,
+    })
+}
+
+/// Past a connection limit: say so, then close.
+async fn refuse(mut stream: tokio::net::UnixStream, why: String) {
+    let error = RpcError::new(ErrorKind::TooManyConnections, why);
     let mut line =
         serde_json::to_string(&Response::err(serde_json::Value::Null, error)).unwrap_or_default();
     line.push('\n');

@@ -20,6 +20,7 @@ pub mod capture;
 mod error;
 pub mod flatten;
 pub mod guard;
+pub mod labels;
 pub mod ownership;
 mod pause;
 pub mod preflight;

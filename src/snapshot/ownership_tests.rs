@@ -129,3 +129,38 @@ async fn the_rollback_removes_only_what_the_job_provably_made() {
     assert!(remove_if_made_by(&s, &new, "job1", &source, temp).expect("checked"));
     assert!(fake.image("images/new").is_none());
 }
+
+#[tokio::test]
+async fn every_image_records_how_consistent_it_is() {
+    use super::labels::{METADATA_CONSISTENCY, METADATA_CONSISTENCY_REASON, METADATA_ONE_INSTANT};
+    let key = |fake: &Arc<Fake>, image: &str, k: &str| {
+        fake.image(image).expect("image").metadata.get(k).cloned()
+    };
+    // frozen: filesystem-consistent, no reason
+    let fake = Fake::standard();
+    go(&fake, &request(), &settings()).await.expect("snapshot");
+    assert_eq!(
+        key(&fake, "images/new", METADATA_CONSISTENCY).as_deref(),
+        Some("filesystem")
+    );
+    assert_eq!(
+        key(&fake, "images/new", METADATA_ONE_INSTANT).as_deref(),
+        Some("true")
+    );
+    assert_eq!(key(&fake, "images/new", METADATA_CONSISTENCY_REASON), None);
+    // no freeze asked: crash-consistent, with the reason the answer gave
+    let fake = Fake::standard();
+    let req = super::SnapshotRequest {
+        quiesce: super::QuiescePolicy::Off,
+        ..request()
+    };
+    let result = go(&fake, &req, &settings()).await.expect("snapshot");
+    assert_eq!(
+        key(&fake, "images/new", METADATA_CONSISTENCY).as_deref(),
+        Some("crash")
+    );
+    assert_eq!(
+        key(&fake, "images/new", METADATA_CONSISTENCY_REASON),
+        result.consistency_reason
+    );
+}

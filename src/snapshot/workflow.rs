@@ -193,13 +193,14 @@ impl Job<'_> {
         let clone_started = Instant::now();
         self.report(Phase::Clone, 0, plan.disks.len() as u64);
         let mut opened = Vec::with_capacity(plan.disks.len());
+        let labels = super::labels::of(&captured);
         for (i, disk) in plan.disks.iter().enumerate() {
             self.record(&Step::Clone {
                 dest: disk.dest.clone(),
             })
             .await?;
             opened.push(
-                self.clone_disk(plan.clone_format, disk, &temp, saga)
+                self.clone_disk(plan.clone_format, disk, &temp, &labels, saga)
                     .await?,
             );
             self.checkpoint("cloned").await;
@@ -263,6 +264,7 @@ impl Job<'_> {
         format: CloneFormat,
         disk: &PlannedDisk,
         temp: &str,
+        labels: &[(&'static str, String)],
         saga: &mut Saga,
     ) -> Result<Arc<dyn Image>, SnapshotError> {
         let deadline = self.settings.call_deadline;
@@ -279,12 +281,14 @@ impl Job<'_> {
         let job_id = self.job_id.to_string();
         let source = format!("{parent}@{snap} disk {}", disk.target);
         let host = self.settings.host.clone();
+        let labels = labels.to_vec();
         // mark the clone as this job's at once: recovery removes only images
         // that provably are
         let outcome = blocking::ceph(deadline, move || {
             store.clone_image(&parent, &snap, &child, format)?;
             let image = store.open(&child)?;
             ownership::stamp(image.as_ref(), &job_id, &source, &host)?;
+            super::labels::write(image.as_ref(), &labels)?;
             Ok::<_, crate::rbd::RbdError>(image)
         })
         .await;
