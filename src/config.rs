@@ -215,6 +215,11 @@ pub struct SnapshotConfig {
     pub flatten_stall_secs: f64,
     /// `auto` (newest the cluster allows), `v1` or `v2`.
     pub clone_format: String,
+    /// An image made with `flatten: none` is flattened once its source has
+    /// had no client (no running instance) for this many seconds, so that
+    /// the source can be removed; 0: never (its owner then flattens it
+    /// before removing the source).
+    pub release_none_after_secs: f64,
     /// Deprecated and ignored: a request now waits the agent timeout plus
     /// a second for its thaw to be confirmed, then leaves a thaw guard that
     /// retries for as long as the domain runs. Still accepted, so that
@@ -317,6 +322,7 @@ impl Default for SnapshotConfig {
             flatten_timeout_secs: 3600.0,
             flatten_stall_secs: 60.0,
             clone_format: "auto".into(),
+            release_none_after_secs: 10.0,
             thaw_confirm_secs: 60.0,
             max_concurrent_flattens: 2,
             on_busy: OnBusy::Reject,
@@ -449,6 +455,12 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(e.message))?;
         }
         self.clone_format()?;
+        let release = self.snapshot.release_none_after_secs;
+        if !(0.0..=30.0 * 86_400.0).contains(&release) {
+            return bad(format!(
+                "snapshot.release_none_after_secs {release} is not 0-2592000"
+            ));
+        }
         if !(1..=1_000_000).contains(&self.jobs_kept) {
             return bad(format!("jobs_kept {} is not 1-1000000", self.jobs_kept));
         }

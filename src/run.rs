@@ -70,6 +70,10 @@ pub async fn run(
         tokio::spawn(systemd::watchdog(interval, stopped.clone()));
     }
     tokio::spawn(report_status(Arc::clone(&daemon), stopped.clone()));
+    tokio::spawn(crate::daemon::release::keep_releasing(
+        Arc::clone(&daemon),
+        stopped.clone(),
+    ));
     if let Some(path) = daemon.config.metrics_textfile.clone() {
         let every = Duration::from_secs_f64(daemon.config.metrics_interval_secs);
         tokio::spawn(crate::daemon::metrics::textfile(

@@ -271,6 +271,16 @@ async fn run_job(
             Err(wire::snapshot_error(err, &job_id))
         }
     };
+    if let Ok(result) = &outcome {
+        if result.flatten == FlattenMode::None {
+            let images = result
+                .disks
+                .iter()
+                .map(|d| ImageSpec::new(&d.pool, &d.image))
+                .collect();
+            super::release::register(&daemon, &store, &job_id, images).await;
+        }
+    }
     let failed = wire_outcome.as_ref().err().map(|e| e.kind().as_str());
     daemon.stats.snapshot(failed, window);
     daemon.metrics_changed.notify_one();

@@ -12,6 +12,7 @@ mod jobs;
 pub mod metrics;
 mod queries;
 mod recover;
+pub mod release;
 pub mod results;
 mod stats;
 pub mod wire;
@@ -61,6 +62,8 @@ pub struct Daemon {
     pub late: Arc<crate::snapshot::saga::LateCalls>,
     /// Woken at the end of each job (the metrics textfile is rewritten).
     pub metrics_changed: tokio::sync::Notify,
+    /// Images made with `flatten: none` and the sources they depend on.
+    pub dependents: release::Dependents,
     started: Instant,
     shutting_down: AtomicBool,
 }
@@ -70,6 +73,7 @@ impl Daemon {
     /// not yet connected.
     pub fn new(config: Config, journal: Journal) -> Arc<Daemon> {
         let jobs_kept = config.jobs_kept;
+        let dependents = release::Dependents::load(&config.state_dir);
         let journal = Arc::new(journal);
         let backends = Arc::new(Backends::new(&config));
         let settings = config.settings();
@@ -91,6 +95,7 @@ impl Daemon {
             jobs: Jobs::new(jobs_kept),
             stats: Stats::default(),
             metrics_changed: tokio::sync::Notify::new(),
+            dependents,
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
         })

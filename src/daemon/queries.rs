@@ -93,6 +93,8 @@ pub(super) fn daemon_status(daemon: &Daemon, scope: &Scope) -> Result<Value, Rpc
         // orphans are named by image, not by a domain the rules could match
         recovery.orphans.clear();
     }
+    let mut dependents = daemon.dependents.list();
+    dependents.retain(|d| sees_job(daemon, scope, &d.job_id));
     to_value(&DaemonStatus {
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_secs: daemon.uptime_secs(),
@@ -117,6 +119,7 @@ pub(super) fn daemon_status(daemon: &Daemon, scope: &Scope) -> Result<Value, Rpc
         },
         recovery,
         guests_at_risk: at_risk,
+        dependents,
         blocking_calls: blocking_calls(),
         counters: daemon.stats.counters(),
         freeze_window_ms: daemon.stats.freeze_windows(),

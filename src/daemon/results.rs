@@ -99,6 +99,10 @@ pub struct DaemonStatus {
     pub recovery: RecoveryStatus,
     /// Guests whose thaw is not confirmed, each with the guard thawing it.
     pub guests_at_risk: Vec<GuardInfo>,
+    /// Images made with `flatten: none` that still depend on their source
+    /// disk, and what the daemon last saw of the source (see
+    /// `snapshot.release_none_after_secs`).
+    pub dependents: Vec<super::release::Dependent>,
     /// Each owner of blocking calls (`libvirt`, `thaw`, `ceph`, `flatten`,
     /// `manager`, `journal`, `metrics`) and its usage.
     pub blocking_calls: BTreeMap<String, OwnerStatus>,

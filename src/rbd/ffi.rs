@@ -120,6 +120,12 @@ extern "C" {
         image: *mut rbd_image_t,
         snap_name: *const c_char,
     ) -> c_int;
+    pub fn rbd_open_by_id(
+        io: rados_ioctx_t,
+        id: *const c_char,
+        image: *mut rbd_image_t,
+        snap_name: *const c_char,
+    ) -> c_int;
     pub fn rbd_open_by_id_read_only(
         io: rados_ioctx_t,
         id: *const c_char,

@@ -134,17 +134,33 @@ impl RbdImage {
         })
     }
 
-    /// Open read-only by image id (how librbd names a parent, which may be
-    /// in the trash where its name no longer finds it).
+    /// Open by image id (how librbd names a parent or a clone, which may
+    /// be in the trash where its name no longer finds it).
     pub(super) fn open_by_id(
         pool: Arc<Pool>,
         spec: ImageSpec,
         id: &str,
     ) -> Result<RbdImage, RbdError> {
+        Self::open_id(pool, spec, id, true)
+    }
+
+    /// [`RbdImage::open_by_id`], read-only or not.
+    pub(super) fn open_id(
+        pool: Arc<Pool>,
+        spec: ImageSpec,
+        id: &str,
+        read_only: bool,
+    ) -> Result<RbdImage, RbdError> {
         let c_id = c_string("open", &spec, id)?;
         Self::open_with(pool, spec, |io, out| {
             // SAFETY: as in `open`.
-            unsafe { ffi::rbd_open_by_id_read_only(io, c_id.as_ptr(), out, ptr::null()) }
+            unsafe {
+                if read_only {
+                    ffi::rbd_open_by_id_read_only(io, c_id.as_ptr(), out, ptr::null())
+                } else {
+                    ffi::rbd_open_by_id(io, c_id.as_ptr(), out, ptr::null())
+                }
+            }
         })
     }
 
@@ -335,7 +351,15 @@ impl Image for RbdImage {
 
     fn children(&self, snap: &str) -> Result<Vec<String>, RbdError> {
         let at = RbdImage::open_at_snapshot(Arc::clone(&self.pool), self.spec.clone(), snap)?;
-        at.children_here()
+        Ok(at
+            .children_here()?
+            .iter()
+            .map(ToString::to_string)
+            .collect())
+    }
+
+    fn dependents(&self) -> Result<Vec<super::Linked>, RbdError> {
+        self.children_here()
     }
 
     fn size(&self) -> Result<u64, RbdError> {

@@ -143,10 +143,10 @@ impl RbdImage {
         }
     }
 
-    /// The clones of the snapshot this handle is open at, as `pool/name`
-    /// (`pool/ns/name` in a namespace), with ` (in the trash)` for those
-    /// moved to the RBD trash.
-    pub(super) fn children_here(&self) -> Result<Vec<String>, RbdError> {
+    /// The clones of the snapshot this handle is open at — on a handle of
+    /// the head, of every snapshot (the trashed ones too) — those moved to
+    /// the RBD trash included.
+    pub(super) fn children_here(&self) -> Result<Vec<super::Linked>, RbdError> {
         let mut max: usize = 8;
         loop {
             let empty = || ffi::rbd_linked_image_spec_t {
@@ -169,30 +169,33 @@ impl RbdImage {
             }
             RbdError::check("list children", rc, || self.spec().to_string())?;
             let n = max.min(asked);
-            let names = list[..n]
+            let linked = list[..n]
                 .iter()
                 .map(|c| {
                     // SAFETY: librbd filled the first `n` entries with
                     // strings it allocated; freed by the cleanup below.
-                    let (pool, ns, name) = unsafe {
+                    let (pool, ns, name, id) = unsafe {
                         (
                             owned(c.pool_name),
                             owned(c.pool_namespace),
                             owned(c.image_name),
+                            owned(c.image_id),
                         )
                     };
-                    let spec = ImageSpec {
-                        pool,
-                        namespace: (!ns.is_empty()).then_some(ns),
-                        name,
-                    };
-                    let trash = if c.trash { " (in the trash)" } else { "" };
-                    format!("{spec}{trash}")
+                    super::Linked {
+                        spec: ImageSpec {
+                            pool,
+                            namespace: (!ns.is_empty()).then_some(ns),
+                            name,
+                        },
+                        id,
+                        trash: c.trash,
+                    }
                 })
                 .collect();
             // SAFETY: frees exactly the `n` entries librbd filled, once.
             unsafe { ffi::rbd_linked_image_spec_list_cleanup(list.as_mut_ptr(), n) };
-            return Ok(names);
+            return Ok(linked);
         }
     }
 

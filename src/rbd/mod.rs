@@ -142,6 +142,29 @@ pub trait Image: Send + Sync + fmt::Debug {
     /// can be unprotected and "removed" into the trash, so this is the
     /// check that comes before either.
     fn children(&self, snap: &str) -> Result<Vec<String>, RbdError>;
+    /// The clones of every snapshot of this image, trashed snapshots
+    /// included: the images that keep it from being removed.
+    fn dependents(&self) -> Result<Vec<Linked>, RbdError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A clone, as librbd links it to its parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linked {
+    /// Where it is (its name is kept while it is in the trash).
+    pub spec: ImageSpec,
+    /// Its RBD id: how it is opened while in the trash.
+    pub id: String,
+    /// Whether it was moved to the RBD trash.
+    pub trash: bool,
+}
+
+impl fmt::Display for Linked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let trash = if self.trash { " (in the trash)" } else { "" };
+        write!(f, "{}{trash}", self.spec)
+    }
 }
 
 /// The cluster side: pools, image lifecycle, cluster identity.
@@ -193,6 +216,12 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
     /// they time out).
     fn fence(&self, _client_addr: &str) -> Result<(), RbdError> {
         Ok(())
+    }
+
+    /// Open an image by its RBD id in the pool (and namespace) of `at`,
+    /// also while it is in the trash; `at`'s name serves the messages.
+    fn open_by_id(&self, at: &ImageSpec, _id: &str) -> Result<Arc<dyn Image>, RbdError> {
+        self.open(at)
     }
 
     /// Remove an image (it must have no snapshots left).

@@ -160,6 +160,10 @@ impl Launch {
         self
     }
 
+    /// The daemon's configuration: the bed's backends, a private state
+    /// directory, and `release_none_after_secs = 0` — the bed's test-driver
+    /// domains never open their disks, so every `flatten: none` source
+    /// would look idle at once; the tests of that release ask for it.
     fn config_text(&self, dir: &Path, socket: &Path) -> String {
         let mut config: toml::Table = toml::from_str(&format!(
             r#"
@@ -173,6 +177,7 @@ impl Launch {
             client_id = {id:?}
             [snapshot]
             default_pool = "images"
+            release_none_after_secs = 0
             "#,
             socket = socket.display().to_string(),
             state = dir.join("state").display().to_string(),
