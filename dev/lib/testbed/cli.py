@@ -1,6 +1,6 @@
 """Command line of dev/testbed: `up`, `vm-up`, `down`, `leftovers`, `restart-libvirtd`,
-`pause`/`resume` (SIGSTOP/SIGCONT of a bed daemon, to make a hang); timings,
-the env file."""
+`pause`/`resume` (SIGSTOP/SIGCONT of a bed daemon, to make a hang), `migrate`
+(the guest to the migration target and back); timings, the env file."""
 import argparse
 import json
 import os
@@ -11,7 +11,7 @@ import time
 
 from . import cluster as ceph_cluster
 from . import guest as guest_mod
-from . import libvirtd, procs
+from . import libvirtd, migration, procs
 from . import sysvm, testdriver
 from .procs import BedError
 from .state import State
@@ -33,6 +33,9 @@ def parse(argv):
     up.add_argument("--no-libvirtd", action="store_true",
                     help="Ceph and the test-driver domains only")
     up.add_argument("--no-guest", action="store_true", help="do not boot the guest")
+    up.add_argument("--migration-target", action="store_true",
+                    help="also start a second libvirtd (own mount namespace) to "
+                         "live-migrate the guest to (port N+49)")
     up.add_argument("--keep-on-failure", action="store_true",
                     help="leave a failed bed running for inspection")
     vm = sub.add_parser("vm-up", help="boot the systemd VM (Debian 12, systemd as PID 1) "
@@ -50,6 +53,15 @@ def parse(argv):
                            help="stop the bed's libvirtd and start it again (guests keep running)")
     again.add_argument("--down-secs", type=float, default=0.0,
                        help="how long libvirtd stays down (default 0)")
+    mig = sub.add_parser("migrate", help="live-migrate the bed's guest to the migration "
+                                         "target or back home")
+    mig.add_argument("--dir", required=True)
+    mig.add_argument("--to", required=True, choices=("target", "home"))
+    mig.add_argument("--bandwidth", type=int, metavar="MIB_S",
+                     help="cap the migration at this many MiB/s (1: a slow one)")
+    mig.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                     help="wait until it is over (default); --no-wait: start it in "
+                          "the background (output to DIR/migration/migrate.log)")
     for name, what in (("pause", "SIGSTOP"), ("resume", "SIGCONT")):
         hang = sub.add_parser(name, help=f"{what} a daemon of the bed in DIR (a hang, not a crash)")
         hang.add_argument("--dir", required=True)
@@ -86,6 +98,8 @@ def main(argv):
             return cmd_vm_up(args)
         if args.cmd == "leftovers":
             return cmd_leftovers(args.dir)
+        if args.cmd == "migrate":
+            return cmd_migrate(args)
         if args.cmd in ("pause", "resume"):
             sig = signal.SIGSTOP if args.cmd == "pause" else signal.SIGCONT
             return cmd_signal(args.dir, args.daemon, sig)
@@ -129,6 +143,10 @@ def cmd_up(args):
             if not args.no_guest:
                 env.update(timed("guest agent", timings,
                                  lambda: guest_mod.boot(root, cluster, state)))
+            if args.migration_target:
+                port = args.port_base + migration.PORT_OFFSET
+                env.update(timed("migration target", timings,
+                                 lambda: migration.up(root, cluster, state, port)))
     except BaseException as exc:
         if args.keep_on_failure:
             print(f"testbed: up failed; bed left in {root}", file=sys.stderr)
@@ -198,6 +216,7 @@ def cmd_down(root, keep):
     errors = []
     steps = [
         ("systemd VM", lambda: sysvm.down(state.get("sysvm"), root)),
+        ("migration target", lambda: migration.down(state.get("migration"))),
         ("guest", lambda: guest_mod.down(state.get("guest"))),
         ("libvirtd", lambda: libvirtd.down(state.get("libvirtd"))),
         ("ceph cluster", lambda: ceph_cluster.down(state.get("cluster"))),
@@ -214,6 +233,32 @@ def cmd_down(root, keep):
     else:
         shutil.rmtree(root, ignore_errors=True)
     print(f"testbed: down ({root})", file=sys.stderr)
+    return 0
+
+
+def cmd_migrate(args):
+    """The bed's guest from where it is to --to; refuses if it is not there."""
+    root = os.path.abspath(args.dir)
+    state = State(root)
+    record, domain = state.get("migration"), (state.get("guest") or {}).get("domain")
+    if not record or not domain:
+        raise BedError(f"the bed in {root} has no migration target or no guest")
+    if migration.running_migration(record):
+        raise BedError(f"a migration (virsh pid {record['migrate_pid']}) is still running")
+    src, dst = (libvirtd.URI, record["uri"]) if args.to == "target" else (record["uri"], libvirtd.URI)
+    if not migration.active_on(src, domain):
+        raise BedError(f"{domain} is not running on {src}: already {args.to}?")
+    log = os.path.join(root, "migration", "migrate.log")
+    start = time.monotonic()
+    pid = migration.migrate(domain, dst, record["port"], args.bandwidth, from_uri=src,
+                            wait=args.wait, log=log)
+    if pid:
+        state.update("migration", lambda r: r.update(migrate_pid=pid))
+        print(f"testbed: migrating {domain} to {args.to} (virsh pid {pid}, log {log})",
+              file=sys.stderr)
+    else:
+        print(f"testbed: {domain} migrated to {args.to} in {time.monotonic() - start:.2f} s",
+              file=sys.stderr)
     return 0
 
 

@@ -85,7 +85,8 @@ class Cluster:
             f"cluster addr = {self.addr}",
             "ms bind ipv6 = false",
             f"ms bind port min = {self.port_base + 2}",
-            f"ms bind port max = {self.port_base + 49}",
+            # the block's last port is the migration target's (migration.py)
+            f"ms bind port max = {self.port_base + 48}",
             "auth cluster required = cephx",
             "auth service required = cephx",
             "auth client required = cephx",

@@ -84,9 +84,14 @@ def admin_key(cluster):
     raise BedError("no client.admin key in " + cluster.admin_keyring)
 
 
-def secret_xml(secret_uuid, fsid):
+def secret_uuid(cluster):
+    """The UUID of the bed's ceph secret (the same on a migration target)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "rbdsnapd-testbed/" + cluster.fsid))
+
+
+def secret_xml(secret, fsid):
     return f"""<secret ephemeral='no' private='no'>
-  <uuid>{secret_uuid}</uuid>
+  <uuid>{secret}</uuid>
   <usage type='ceph'><name>client.admin rbdsnapd test bed {fsid}</name></usage>
 </secret>"""
 
@@ -118,8 +123,9 @@ def domain_xml(name, dom_uuid, kernel, initrd, cmdline, cluster, image, secret, 
     <channel type='unix'>
       <target type='virtio' name='org.qemu.guest_agent.0'/>
     </channel>
+    <!-- append: QEMU reopens the file on the host a migration lands on -->
     <serial type='file'>
-      <source path='{console}'/>
+      <source path='{console}' append='on'/>
       <target port='0'/>
     </serial>
     <memballoon model='none'/>
@@ -135,7 +141,7 @@ def boot(root, cluster, state):
     name = f"rbdsnapd-guest-{cluster.port_base}"
     disk_name = f"guest-{cluster.port_base}-disk"
     make_disk(root, cluster, disk_name)
-    secret = str(uuid.uuid5(uuid.NAMESPACE_URL, "rbdsnapd-testbed/" + cluster.fsid))
+    secret = secret_uuid(cluster)
     dom_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, "rbdsnapd-testbed/guest/" + name))
     console = os.path.join(root, "guest-console.log")
     record = {"domain": name, "secret": secret, "console": console}

@@ -89,14 +89,14 @@ def ensure_running(state, root):
     wait_for_driver()
 
 
-def wait_for_driver(timeout=180):
+def wait_for_driver(uri=URI, timeout=180):
     """The socket answers before the QEMU driver has probed capabilities
     (8-60 s on a cold cache): wait until a real call succeeds."""
     import libvirt
     libvirt.registerErrorHandler(lambda *_: None, None)
 
     def connected():
-        conn = libvirt.open(URI)
+        conn = libvirt.open(uri)
         try:
             return conn.getCapabilities() is not None
         finally:
