@@ -15,10 +15,7 @@ use virt::domain::{
 };
 use virt::enumutil::Enum;
 
-use super::{
-    xml, DomainInfo, DomainState, FreezeStatus, FsInfo, Hypervisor, Migration, MigrationDirection,
-    Presence,
-};
+use super::{xml, DomainInfo, DomainState, FreezeStatus, FsInfo, Hypervisor, Migration, Presence};
 use super::{LibvirtError, LibvirtErrorKind};
 
 /// The real hypervisor: a libvirt connection to `uri`.
@@ -308,31 +305,7 @@ impl Hypervisor for LibvirtHypervisor {
     }
 
     fn migration(&self, uuid: &str) -> Result<Option<Migration>, LibvirtError> {
-        let stats = match self.lookup(uuid)?.job_stats(0) {
-            Ok(stats) => stats,
-            Err(e) => {
-                let e = LibvirtError::from_virt("job stats", uuid, &e);
-                // a driver without jobs (libvirt's test driver) migrates nothing
-                if e.kind == LibvirtErrorKind::Unsupported {
-                    return Ok(None);
-                }
-                return Err(e);
-            }
-        };
-        if u32::try_from(stats.r#type) == Ok(virt::sys::VIR_DOMAIN_JOB_NONE) {
-            return Ok(None);
-        }
-        let direction = match stats.operation.and_then(|op| u32::try_from(op).ok()) {
-            Some(virt::sys::VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT) => MigrationDirection::Out,
-            Some(virt::sys::VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN) => MigrationDirection::In,
-            // a save, dump or backup job: not ours to judge here
-            _ => return Ok(None),
-        };
-        Ok(Some(Migration {
-            direction,
-            processed_bytes: stats.data_processed,
-            total_bytes: stats.data_total,
-        }))
+        super::jobs::migration(&self.lookup(uuid)?, uuid)
     }
 
     fn freeze_status(&self, uuid: &str) -> Result<FreezeStatus, LibvirtError> {

@@ -9,6 +9,7 @@
 
 mod connection;
 mod error;
+mod jobs;
 pub mod xml;
 
 pub use connection::LibvirtHypervisor;
