@@ -60,7 +60,8 @@ pub struct Config {
     /// Connections served at once; more are refused.
     pub max_connections: usize,
     /// Connections one caller (uid) may hold at once, so that one client
-    /// cannot take every slot; more are refused.
+    /// cannot take every slot; more are refused. Root and the daemon's own
+    /// user are not held to it.
     pub max_connections_per_caller: usize,
     /// `on_busy: "wait"` requests that may wait for one domain; more are
     /// refused `busy`.

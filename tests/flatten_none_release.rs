@@ -113,6 +113,22 @@ fn a_flatten_none_source_can_be_removed_once_its_instance_is_gone() {
     );
     assert!(answer.is_ok(), "{:?}", answer.0);
     assert!(answer.result()["disks"][0]["parent"].is_string());
+    // the image says what it holds, for whoever finds it later
+    let meta = |key: &str| {
+        let out = ceph.rbd(
+            &["image-meta", "get", &format!("images/{image}"), key],
+            None,
+        );
+        String::from_utf8_lossy(&out).trim().to_string()
+    };
+    assert_eq!(meta("rbdsnapd.consistency"), "crash");
+    assert_eq!(
+        meta("rbdsnapd.consistency_reason"),
+        answer.result()["consistency_reason"]
+            .as_str()
+            .expect("a reason")
+    );
+    assert_eq!(meta("rbdsnapd.one_instant"), "true");
 
     // a consumer boots an instance from our image; Glance then deletes our
     // image, which has a child, by moving it to the trash

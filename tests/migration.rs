@@ -201,6 +201,16 @@ fn no_freeze_while_the_guest_migrates() {
     );
     assert!(answer.is_ok(), "{:?}", answer.0);
     assert_eq!(answer.result()["consistency"], "filesystem");
+    let meta = bed.ceph.rbd(
+        &[
+            "image-meta",
+            "get",
+            &format!("images/{image}"),
+            "rbdsnapd.consistency",
+        ],
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&meta).trim(), "filesystem");
     let deleted = d
         .connect()
         .call("snapshot.delete", json!({"pool": "images", "image": image}));

@@ -1,11 +1,13 @@
 //! Callers who share one daemon neither see nor starve each other: a caller
 //! held to `[[policy]]` rules sees only its domains' jobs, guests and
-//! dependencies; one caller cannot hold every connection or queue without
-//! end; blank lines do not keep a connection open. On the bed, callers run
+//! dependencies; one caller (root and the daemon's user aside) cannot hold
+//! every connection, nor queue without end; blank lines do not keep a
+//! connection open. On the bed, callers run
 //! as other users (the daemon reads their credentials from the socket).
 
 mod common;
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::daemon::{self, ImageCleanup, Msg, Response};
@@ -114,39 +116,89 @@ fn a_caller_held_to_rules_sees_only_its_domains() {
     assert!(!retry.0.to_string().contains(THEIRS), "{:?}", retry.0);
 }
 
+/// As `uid`, open `count` connections and hold them until dropped; what
+/// each got at once (a refusal's error kind, or `open`).
+struct HeldBy {
+    child: std::process::Child,
+    got: Vec<String>,
+}
+
+fn hold_connections(d: &daemon::DaemonProc, uid: u32, count: usize) -> HeldBy {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let script = r#"
+import json, socket, sys
+held, got = [], []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    s.settimeout(0.5)
+    try:
+        line = s.recv(65536)
+        got.append(json.loads(line)["error"]["data"]["kind"] if line else "closed")
+    except socket.timeout:
+        got.append("open")
+    held.append(s)
+print(json.dumps(got), flush=True)
+sys.stdin.read()
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            script,
+            &d.socket.display().to_string(),
+            &count.to_string(),
+        ])
+        .uid(uid)
+        .gid(uid)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let got = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    HeldBy { child, got }
+}
+
+impl Drop for HeldBy {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn one_caller_cannot_hold_every_connection() {
     let Some(bed) = daemon::bed() else { return };
     let d = bed.start(&format!("max_connections_per_caller = 3\n{POLICY}"));
-    let held: Vec<daemon::Conn> = (0..3).map(|_| d.connect()).collect();
-    // root's fourth is refused, with the reason
-    let mut fourth = d.connect();
-    match fourth.read_message(Duration::from_secs(5)) {
-        Msg::Message(m) => {
-            let refused = Response(m);
-            refused.assert_error(-32004, "too_many_connections", "a fourth connection");
-            assert!(
-                refused.error()["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("max_connections_per_caller")),
-                "{:?}",
-                refused.0
-            );
-        }
-        other => panic!("no refusal for the fourth connection: {other:?}"),
+    // the stranger's fourth is refused, its first three served
+    let held = hold_connections(&d, STRANGER, 4);
+    assert_eq!(held.got, ["open", "open", "open", "too_many_connections"]);
+    assert!(
+        d.log()
+            .contains("its caller holds max_connections_per_caller uid=65531"),
+        "{}",
+        d.log()
+    );
+    // another caller still gets in, and root is not counted
+    assert!(call_as(&d, SNAPSHOTTER, "daemon.status", json!({})).is_ok());
+    let root: Vec<daemon::Conn> = (0..5).map(|_| d.connect()).collect();
+    for mut conn in root {
+        assert!(conn.call("daemon.status", json!({})).is_ok());
     }
-    // another caller still gets in, and root again once one closed
-    assert!(call_as(&d, STRANGER, "daemon.status", json!({})).is_ok());
+    // closed, the stranger's slots come back
     drop(held);
     let until = Instant::now() + Duration::from_secs(5);
     loop {
-        let answer = d.connect().try_call("daemon.status", json!({}));
-        if matches!(&answer, Ok(r) if r.is_ok()) {
+        if call_as(&d, STRANGER, "daemon.status", json!({})).is_ok() {
             break;
         }
         assert!(
             Instant::now() < until,
-            "root never got a connection back: {answer:?}"
+            "the stranger never got a connection back"
         );
         std::thread::sleep(Duration::from_millis(100));
     }

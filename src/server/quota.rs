@@ -1,5 +1,6 @@
 //! Connections per caller: one client (one uid) may not hold every slot of
 //! the socket, so that a leaking or hostile caller leaves room for the rest.
+//! Root and the daemon's own user are not counted (see `admit`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
