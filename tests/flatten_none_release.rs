@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::daemon;
+use common::daemon::{self, ImageCleanup};
 use serde_json::{json, Value};
 
 const DOMAIN: &str = "rbdsnapd-test-02";
@@ -203,6 +203,87 @@ fn a_flatten_none_source_can_be_removed_once_its_instance_is_gone() {
         None,
     );
     let deleted = d
+        .connect()
+        .call("snapshot.delete", json!({"pool": "images", "image": image}));
+    assert!(deleted.is_ok(), "{:?}", deleted.0);
+}
+
+/// A digest of `bytes`, to compare two images' contents.
+fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+#[test]
+fn a_release_flatten_killed_half_way_is_finished_whole_after_a_restart() {
+    let Some(bed) = daemon::bed() else { return };
+    let ceph = &bed.ceph;
+    let source = "vms/testdrv-03-vda";
+    let _disk = common::BigDisk::new(ceph, source, "512M", "512M");
+    let expected = digest(&ceph.export(source));
+    // slow flattens: one object at a time
+    let config = "[snapshot]\nrelease_none_after_secs = 1\n[ceph]\nconcurrent_management_ops = 1";
+    let mut d = bed.start(config);
+    let image = common::unique("release-kill");
+    let _cleanup = ImageCleanup::new(ceph, "images", &image);
+    let answer = d.connect().call(
+        "snapshot.create",
+        json!({"domain": "rbdsnapd-test-03", "image": image, "flatten": "none", "quiesce": "off"}),
+    );
+    assert!(answer.is_ok(), "{:?}", answer.0);
+    // the source has no client: the release starts; kill it half-way
+    let until = Instant::now() + Duration::from_secs(30);
+    while dependents(&d).first().map(|d| d["state"].clone()) != Some(json!("flattening")) {
+        assert!(
+            Instant::now() < until,
+            "no release started: {:?}",
+            dependents(&d)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(10));
+    let info = ceph.info(&format!("images/{image}"));
+    assert!(
+        info.get("parent").is_some(),
+        "precondition: the flatten was still running when killed: {info}"
+    );
+    // the next start goes on, object map rebuilt, and the image is whole
+    let state = d.dir.path().join("state");
+    let again = bed.start(&format!(
+        "state_dir = {:?}\n{config}",
+        state.display().to_string()
+    ));
+    let until = Instant::now() + Duration::from_secs(120);
+    while !dependents(&again).is_empty() {
+        assert!(
+            Instant::now() < until,
+            "never released: {:?}",
+            dependents(&again)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        again.log().contains("rebuilding its object map first"),
+        "{}",
+        again.log()
+    );
+    let info = ceph.info(&format!("images/{image}"));
+    assert!(info.get("parent").is_none(), "flattened: {info}");
+    assert_eq!(
+        digest(&ceph.export(&format!("images/{image}"))),
+        expected,
+        "the released image holds what the snapshot held"
+    );
+    assert!(
+        all_snapshots(ceph, source).is_empty(),
+        "{:?}",
+        all_snapshots(ceph, source)
+    );
+    let deleted = again
         .connect()
         .call("snapshot.delete", json!({"pool": "images", "image": image}));
     assert!(deleted.is_ok(), "{:?}", deleted.0);

@@ -8,7 +8,10 @@
 //! host) for `snapshot.release_none_after_secs`, flattens its image — found
 //! by its RBD id, also after Glance moved it to the trash — so that the
 //! source's snapshot goes and the source can be removed. An image a
-//! consumer removed, flattened or replaced is forgotten.
+//! consumer removed, flattened or replaced is forgotten. A release flatten
+//! stops cleanly at a stop; one that may have been killed half-way (the
+//! record says it started) has its object map rebuilt before the next try,
+//! as a resumed background flatten does.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -38,6 +41,11 @@ pub struct Dependent {
     /// What the daemon last saw: the source in use, flattening, …
     #[serde(default)]
     pub state: String,
+    /// A flatten of it was started (and may have been killed half-way):
+    /// the next one rebuilds the object map first, as a resumed background
+    /// flatten does, or it could skip objects never copied.
+    #[serde(default)]
+    pub flatten_started: bool,
 }
 
 /// The dependencies the daemon keeps track of.
@@ -101,6 +109,16 @@ impl Dependents {
         self.save(&list);
     }
 
+    /// Record, durably, that a flatten of `image_id` starts.
+    fn flatten_starts(&self, image_id: &str) {
+        let mut list = self.lock();
+        if let Some(d) = list.iter_mut().find(|d| d.image_id == image_id) {
+            d.flatten_started = true;
+            d.state = "flattening".into();
+        }
+        self.save(&list);
+    }
+
     fn note(&self, image_id: &str, state: &str) {
         if let Some(d) = self.lock().iter_mut().find(|d| d.image_id == image_id) {
             d.state = state.to_string();
@@ -146,6 +164,7 @@ pub async fn register(
             job_id: job_id.to_string(),
             since_unix: snapshot::guard::unix_now(),
             state: "source in use".into(),
+            flatten_started: false,
         });
     }
 }
@@ -169,6 +188,15 @@ pub async fn keep_releasing(daemon: Arc<Daemon>, mut stopped: tokio::sync::watch
     }
     let after = Duration::from_secs_f64(after);
     let period = (after / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+    // a release flatten stops cleanly at a stop (the next start goes on)
+    let cancel = snapshot::CancelFlag::default();
+    {
+        let (cancel, mut stopped) = (Arc::clone(&cancel), stopped.clone());
+        tokio::spawn(async move {
+            let _ = stopped.changed().await;
+            cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
     let mut idle_since: std::collections::HashMap<String, Instant> = Default::default();
     loop {
         tokio::select! {
@@ -194,7 +222,9 @@ pub async fn keep_releasing(daemon: Arc<Daemon>, mut stopped: tokio::sync::watch
                 Ok(Verdict::SourceIdle) => {
                     let since = *idle_since.entry(id.clone()).or_insert_with(Instant::now);
                     daemon.dependents.note(&id, "source idle");
-                    if since.elapsed() >= after && release(&daemon, &store, &dependent).await {
+                    if since.elapsed() >= after
+                        && release(&daemon, &store, &dependent, &cancel).await
+                    {
                         daemon.dependents.forget(&id);
                         idle_since.remove(&id);
                     }
@@ -216,7 +246,8 @@ async fn look(
 ) -> Result<Verdict, RbdError> {
     let (store, d) = (Arc::clone(store), dependent.clone());
     let call = move || {
-        let image = match store.open_by_id(&d.image, &d.image_id) {
+        // read-only: a look takes no watch a delete would take for a user
+        let image = match store.open_by_id_read_only(&d.image, &d.image_id) {
             Ok(image) => image,
             Err(e) if e.kind == RbdErrorKind::NotFound => {
                 return Ok(Verdict::Resolved("image removed"))
@@ -261,23 +292,48 @@ async fn look(
 
 /// Flatten `dependent` (under the host's flatten limit) and remove the
 /// source's snapshot where clone v1 keeps it; whether it is done.
-async fn release(daemon: &Arc<Daemon>, store: &Arc<dyn ImageStore>, dependent: &Dependent) -> bool {
+async fn release(
+    daemon: &Arc<Daemon>,
+    store: &Arc<dyn ImageStore>,
+    dependent: &Dependent,
+    cancel: &snapshot::CancelFlag,
+) -> bool {
     tracing::info!(image = %dependent.image, source = %dependent.source,
         "the source of a flatten: none image has no client: flattening the image so the source can be removed");
-    daemon.dependents.note(&dependent.image_id, "flattening");
+    let rebuild = dependent.flatten_started;
+    if rebuild {
+        tracing::warn!(image = %dependent.image,
+            "an earlier release flatten of this image may have been killed: rebuilding its object map first");
+    }
+    daemon.dependents.flatten_starts(&dependent.image_id);
     let opened = {
         let (store, d) = (Arc::clone(store), dependent.clone());
-        crate::owners::CEPH
-            .call(daemon.settings.call_deadline, move || {
-                store.open_by_id(&d.image, &d.image_id)
+        crate::owners::FLATTEN
+            .call(daemon.settings.flatten_deadline, move || {
+                let image = store.open_by_id(&d.image, &d.image_id)?;
+                if rebuild {
+                    image.rebuild_object_map()?;
+                }
+                Ok::<_, RbdError>(image)
             })
             .await
     };
-    let Ok(Ok(image)) = opened else {
-        return false;
+    let image = match opened {
+        Ok(Ok(image)) => image,
+        Ok(Err(e)) => {
+            let why = format!("could not open it: {e}");
+            daemon.dependents.note(&dependent.image_id, &why);
+            return false;
+        }
+        Err(late) => {
+            let why = format!("could not open it: {late:?}");
+            daemon.dependents.note(&dependent.image_id, &why);
+            return false;
+        }
     };
     let hooks = JobHooks {
         slots: Arc::clone(&daemon.slots),
+        cancel: Arc::clone(cancel),
         ..JobHooks::default()
     };
     let flattened = snapshot::flatten::local(

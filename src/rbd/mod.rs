@@ -224,6 +224,11 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
         self.open(at)
     }
 
+    /// [`ImageStore::open_by_id`], only to look ([`ImageStore::open_read_only`]).
+    fn open_by_id_read_only(&self, at: &ImageSpec, id: &str) -> Result<Arc<dyn Image>, RbdError> {
+        self.open_by_id(at, id)
+    }
+
     /// Remove an image (it must have no snapshots left).
     fn remove_image(&self, image: &ImageSpec) -> Result<(), RbdError>;
 

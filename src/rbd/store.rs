@@ -204,6 +204,15 @@ impl ImageStore for CephStore {
         )?))
     }
 
+    fn open_by_id_read_only(&self, at: &ImageSpec, id: &str) -> Result<Arc<dyn Image>, RbdError> {
+        Ok(Arc::new(RbdImage::open_id(
+            self.pool(at)?,
+            at.clone(),
+            id,
+            true,
+        )?))
+    }
+
     fn open_read_only(&self, image: &ImageSpec) -> Result<Arc<dyn Image>, RbdError> {
         Ok(Arc::new(RbdImage::open(
             self.pool(image)?,
