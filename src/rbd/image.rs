@@ -358,10 +358,6 @@ impl Image for RbdImage {
             .collect())
     }
 
-    fn dependents(&self) -> Result<Vec<super::Linked>, RbdError> {
-        self.children_here()
-    }
-
     fn size(&self) -> Result<u64, RbdError> {
         let mut size = 0u64;
         // SAFETY: open image, `size` valid for writes.

@@ -142,11 +142,6 @@ pub trait Image: Send + Sync + fmt::Debug {
     /// can be unprotected and "removed" into the trash, so this is the
     /// check that comes before either.
     fn children(&self, snap: &str) -> Result<Vec<String>, RbdError>;
-    /// The clones of every snapshot of this image, trashed snapshots
-    /// included: the images that keep it from being removed.
-    fn dependents(&self) -> Result<Vec<Linked>, RbdError> {
-        Ok(Vec::new())
-    }
 }
 
 /// A clone, as librbd links it to its parent.
