@@ -231,6 +231,7 @@ impl Launch {
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().expect("dup log"))
             .stderr(stderr);
+        keep_core_dumps(&mut command, dir.path());
         for (key, value) in &self.env {
             command.env(key, value);
         }
@@ -260,6 +261,60 @@ fn merge(base: &mut toml::Table, extra: toml::Table) {
                 base.insert(key, value);
             }
         }
+    }
+}
+
+/// A daemon that dies by a signal leaves its core in its own directory
+/// (where the kernel's default `core` pattern puts it), so a failing test
+/// can say where it crashed: CI keeps only the output.
+fn keep_core_dumps(command: &mut Command, dir: &Path) {
+    use std::os::unix::process::CommandExt;
+    command.current_dir(dir);
+    // SAFETY: only setrlimit(2), async-signal-safe, runs between fork and
+    // exec; nothing is allocated.
+    unsafe {
+        command.pre_exec(|| {
+            let unlimited = nix::sys::resource::RLIM_INFINITY;
+            let _ = nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_CORE,
+                unlimited,
+                unlimited,
+            );
+            Ok(())
+        });
+    }
+}
+
+/// The crashing thread's stack, read by gdb from the core in `dir`.
+fn crash_backtrace(dir: &Path) -> String {
+    let core = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == "core" || n.starts_with("core."))
+        });
+    let Some(core) = core else {
+        return format!(
+            "(no core file in {}: see /proc/sys/kernel/core_pattern)",
+            dir.display()
+        );
+    };
+    let gdb = Command::new("gdb")
+        .args(["-batch", "-nx", "-ex", "bt 40"])
+        .arg(env!("CARGO_BIN_EXE_rbdsnapd"))
+        .arg(&core)
+        .output();
+    match gdb {
+        Ok(out) => format!(
+            "----- backtrace of the crash ({}) -----\n{}-----",
+            core.display(),
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        Err(e) => format!("(gdb could not read {}: {e})", core.display()),
     }
 }
 
@@ -310,6 +365,9 @@ impl DaemonProc {
             LOG_TAIL_LINES.min(lines.len()),
             self.log.display()
         );
+        if exited.is_some_and(|s| std::os::unix::process::ExitStatusExt::core_dumped(&s)) {
+            eprintln!("{}", crash_backtrace(self.dir.path()));
+        }
     }
 
     /// Panic with `what` and the daemon's log.

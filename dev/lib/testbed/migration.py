@@ -167,7 +167,12 @@ def destroy_all(conn_uri):
     conn = libvirt.open(conn_uri)
     try:
         for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-            dom.destroy()
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as exc:
+                # it left (migrated home, or died) between list and destroy
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
     finally:
         conn.close()
 
