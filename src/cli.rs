@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::config::{Config, LogFormat};
-use crate::snapshot::QuiescePolicy;
+use crate::protocol::Quiesce;
 
 /// Command line: a config file, and overrides of its most used keys.
 #[derive(Debug, Parser)]
@@ -38,8 +38,8 @@ pub struct Args {
     #[arg(long, value_name = "POOL")]
     pub default_pool: Option<String>,
     /// Default quiesce policy (`snapshot.quiesce`).
-    #[arg(long, value_name = "POLICY", value_parser = ["required", "preferred", "off"])]
-    pub quiesce: Option<String>,
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub quiesce: Option<Quiesce>,
     /// Freeze deadline in seconds (`snapshot.freeze_deadline_secs`).
     #[arg(long, value_name = "SECS")]
     pub freeze_deadline: Option<f64>,
@@ -68,12 +68,7 @@ impl Args {
         c.ceph.conf = self.ceph_conf.unwrap_or(c.ceph.conf);
         c.ceph.client_id = self.ceph_id.unwrap_or(c.ceph.client_id);
         c.snapshot.default_pool = self.default_pool.or(c.snapshot.default_pool);
-        c.snapshot.quiesce = match self.quiesce.as_deref() {
-            Some("required") => QuiescePolicy::Required,
-            Some("off") => QuiescePolicy::Off,
-            Some(_) => QuiescePolicy::Preferred,
-            None => c.snapshot.quiesce,
-        };
+        c.snapshot.quiesce = self.quiesce.unwrap_or(c.snapshot.quiesce);
         c.snapshot.freeze_deadline_secs = self
             .freeze_deadline
             .unwrap_or(c.snapshot.freeze_deadline_secs);

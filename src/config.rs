@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::protocol::{OnBusy, Quiesce};
 use crate::rbd::CloneFormat;
-use crate::snapshot::QuiescePolicy;
 
 /// Where the daemon looks when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/rbdsnapd/rbdsnapd.toml";
@@ -205,7 +205,7 @@ pub struct SnapshotConfig {
     /// Destination when the request names no pool and the disk has no parent.
     pub default_pool: Option<String>,
     /// Quiesce policy when the request names none.
-    pub quiesce: QuiescePolicy,
+    pub quiesce: Quiesce,
     /// Longest the guest may stay frozen, in seconds.
     pub freeze_deadline_secs: f64,
     /// Deadline of each libvirt or Ceph call, in seconds.
@@ -247,17 +247,6 @@ pub enum PauseVcpus {
     Auto,
     /// Never: each disk is its own instant.
     Never,
-}
-
-/// What a snapshot request does when its domain has one running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnBusy {
-    /// Answer `busy` at once.
-    #[default]
-    Reject,
-    /// Wait until the domain's running snapshot has answered.
-    Wait,
 }
 
 impl Default for Config {
@@ -317,7 +306,7 @@ impl Default for SnapshotConfig {
     fn default() -> Self {
         SnapshotConfig {
             default_pool: None,
-            quiesce: QuiescePolicy::Preferred,
+            quiesce: Quiesce::Preferred,
             freeze_deadline_secs: 5.0,
             call_timeout_secs: 30.0,
             flatten_timeout_secs: 3600.0,
@@ -557,7 +546,7 @@ mod tests {
                clone_format = "v1""#,
         )
         .expect("valid");
-        assert_eq!(cfg.snapshot.quiesce, QuiescePolicy::Required);
+        assert_eq!(cfg.snapshot.quiesce, Quiesce::Required);
         assert_eq!(cfg.settings().freeze_deadline, Duration::from_millis(2500));
         assert_eq!(cfg.clone_format().expect("format"), Some(CloneFormat::V1));
     }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use rbdsnapd::rbd::CloneFormat;
 use rbdsnapd::snapshot::{
-    self, Consistency, FlattenMode, Phase, Progress, ProgressSink, QuiescePolicy, Settings,
-    SnapshotError, SnapshotErrorKind, SnapshotRequest, SnapshotResult,
+    self, Consistency, Flatten, Phase, Progress, ProgressSink, Quiesce, Settings, SnapshotError,
+    SnapshotErrorKind, SnapshotRequest, SnapshotResult,
 };
 
 fn request(domain: &str, image: &str) -> SnapshotRequest {
@@ -18,8 +18,8 @@ fn request(domain: &str, image: &str) -> SnapshotRequest {
         image: image.into(),
         pool: None,
         disks: vec![],
-        quiesce: QuiescePolicy::Required,
-        flatten: FlattenMode::Sync,
+        quiesce: Quiesce::Required,
+        flatten: Flatten::Sync,
     }
 }
 
@@ -201,7 +201,7 @@ async fn clone_v1_protects_the_temporary_snapshot_and_removes_it_after_flatten()
     // without a flatten, a v1 clone keeps its protected parent snapshot
     let name = common::unique("engine-v1-none");
     let req = SnapshotRequest {
-        flatten: FlattenMode::None,
+        flatten: Flatten::None,
         ..request("rbdsnapd-test-03", &name)
     };
     let result = bed.snapshot(&req, &settings).await.0.expect("snapshot");

@@ -7,20 +7,20 @@ use std::time::{Duration, Instant};
 
 use rbdsnapd::libvirt::{AgentChannel, FreezeStatus};
 use rbdsnapd::snapshot::{
-    self, Consistency, FlattenMode, ProgressSink, QuiescePolicy, SnapshotErrorKind, SnapshotRequest,
+    self, Consistency, Flatten, ProgressSink, Quiesce, SnapshotErrorKind, SnapshotRequest,
 };
 
 /// The tests share one guest: one at a time.
 static GUEST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn request(guest: &common::Guest, image: &str, quiesce: QuiescePolicy) -> SnapshotRequest {
+fn request(guest: &common::Guest, image: &str, quiesce: Quiesce) -> SnapshotRequest {
     SnapshotRequest {
         domain: guest.name.clone(),
         image: image.into(),
         pool: None,
         disks: vec![],
         quiesce,
-        flatten: FlattenMode::Sync,
+        flatten: Flatten::Sync,
     }
 }
 
@@ -70,13 +70,9 @@ async fn a_file_written_just_before_the_snapshot_is_in_it_and_the_filesystem_is_
     // freeze puts it on the disk before the snapshot
     guest.write_file(&format!("{}/{file}", guest.mount), &data);
     let name = common::unique("guest-data");
-    let result = take(
-        &ceph,
-        &guest,
-        &request(&guest, &name, QuiescePolicy::Required),
-    )
-    .await
-    .expect("snapshot");
+    let result = take(&ceph, &guest, &request(&guest, &name, Quiesce::Required))
+        .await
+        .expect("snapshot");
     eprintln!("real guest snapshot timings: {:?}", result.timings);
     let exported = std::env::temp_dir().join(format!("{name}.img"));
     let exported = exported.to_str().expect("utf-8").to_string();
@@ -172,14 +168,14 @@ async fn without_an_agent_required_fails_cleanly_and_preferred_falls_back_to_cra
     let refused = take(
         &ceph,
         &guest,
-        &request(&guest, &required, QuiescePolicy::Required),
+        &request(&guest, &required, Quiesce::Required),
     )
     .await;
     let preferred = common::unique("guest-noagent-preferred");
     let fallback = take(
         &ceph,
         &guest,
-        &request(&guest, &preferred, QuiescePolicy::Preferred),
+        &request(&guest, &preferred, Quiesce::Preferred),
     )
     .await;
     let required_left = ceph.exists(&format!("images/{required}"));

@@ -14,13 +14,13 @@ use super::{wire, Daemon};
 use crate::journal::{Outcome, Record};
 use crate::protocol::RpcError;
 use crate::rbd::{ImageSpec, ImageStore};
-use crate::snapshot::{self, FlattenMode, JobHooks, SnapshotErrorKind};
+use crate::snapshot::{self, Flatten, JobHooks, SnapshotErrorKind};
 
 /// What is left to do after the answer.
 #[derive(Debug, Clone)]
 pub struct AfterAnswer {
     /// `Background` or `Cluster`.
-    pub mode: FlattenMode,
+    pub mode: Flatten,
     /// The new images.
     pub dests: Vec<ImageSpec>,
     /// Manager tasks already queued, in image order (none on resume).

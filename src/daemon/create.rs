@@ -11,15 +11,13 @@ use tracing::Instrument;
 use super::background::{self, AfterAnswer};
 use super::jobs::{now_unix, Answered, NewJob, Start};
 use super::{to_value, wire, Daemon, Notify};
-use crate::config::OnBusy;
 use crate::journal::Record;
 use crate::libvirt::Hypervisor;
 use crate::policy::Scope;
-use crate::protocol::{CreateParams, ErrorKind, ProgressParams, RpcError};
+use crate::protocol::{CreateParams, ErrorKind, OnBusy, ProgressParams, RpcError};
 use crate::rbd::{ImageSpec, ImageStore};
 use crate::snapshot::{
-    self, FlattenMode, JobHooks, Phase, Progress, ProgressSink, QuiescePolicy, Settings,
-    SnapshotRequest,
+    self, Flatten, JobHooks, Phase, Progress, ProgressSink, Settings, SnapshotRequest,
 };
 
 /// Flatten progress is sent at most this often (plus at its end).
@@ -52,10 +50,7 @@ pub(super) async fn snapshot_create(
         params: serde_json::to_value(&params).unwrap_or_default(),
         caller_uid,
     };
-    let wait = match params.on_busy.as_deref() {
-        Some(policy) => policy == "wait",
-        None => daemon.config.snapshot.on_busy == OnBusy::Wait,
-    };
+    let wait = params.on_busy.unwrap_or(daemon.config.snapshot.on_busy) == OnBusy::Wait;
     let (cancel, answered) = match start_or_wait(daemon, &new, wait, &request_id, &notify).await? {
         Start::Run(cancel, answered) => (cancel, answered),
         // a retry of an earlier request: its images must be in pools this
@@ -272,7 +267,7 @@ async fn run_job(
         }
     };
     if let Ok(result) = &outcome {
-        if result.flatten == FlattenMode::None {
+        if result.flatten == Flatten::None {
             let images = result
                 .disks
                 .iter()
@@ -332,25 +327,13 @@ async fn run_job(
 }
 
 fn request(daemon: &Daemon, p: CreateParams) -> SnapshotRequest {
-    let quiesce = match p.quiesce.as_deref() {
-        Some("required") => QuiescePolicy::Required,
-        Some("off") => QuiescePolicy::Off,
-        Some(_) => QuiescePolicy::Preferred,
-        None => daemon.config.snapshot.quiesce,
-    };
-    let flatten = match p.flatten.as_deref() {
-        Some("none") => FlattenMode::None,
-        Some("background") => FlattenMode::Background,
-        Some("cluster") => FlattenMode::Cluster,
-        _ => FlattenMode::Sync,
-    };
     SnapshotRequest {
         domain: p.domain,
         image: p.image,
         pool: p.pool,
         disks: p.disks,
-        quiesce,
-        flatten,
+        quiesce: p.quiesce.unwrap_or(daemon.config.snapshot.quiesce),
+        flatten: p.flatten.unwrap_or_default(),
     }
 }
 

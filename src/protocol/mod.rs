@@ -7,10 +7,12 @@
 //! rejected, names validated) before anything acts, and [`RpcError`] with
 //! its stable codes and kinds ([`ErrorKind`]).
 
+mod choices;
 mod errors;
 mod params;
 pub mod schema;
 
+pub use choices::{Flatten, OnBusy, Quiesce};
 pub use errors::{ErrorKind, GuardData, RpcError};
 pub use params::*;
 

@@ -6,8 +6,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::schema::{self, FLATTEN_VALUES, ON_BUSY_VALUES, QUIESCE_VALUES};
-use super::{ErrorKind, RpcError};
+use super::schema;
+use super::{ErrorKind, Flatten, OnBusy, Quiesce, RpcError};
 
 /// Longest domain, image, pool or disk name accepted.
 pub const MAX_NAME_LEN: usize = 250;
@@ -33,17 +33,14 @@ pub struct CreateParams {
     pub disks: Vec<String>,
     /// `required` | `preferred` | `off` (default: the configured one).
     #[serde(default)]
-    #[schemars(schema_with = "schema::quiesce")]
-    pub quiesce: Option<String>,
+    pub quiesce: Option<Quiesce>,
     /// `sync` | `background` | `cluster` | `none` (default `sync`).
     #[serde(default)]
-    #[schemars(schema_with = "schema::flatten")]
-    pub flatten: Option<String>,
+    pub flatten: Option<Flatten>,
     /// When the domain already has a snapshot running: `reject` (answer
     /// `busy`) or `wait` for it to end (default: the configured one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "schema::on_busy")]
-    pub on_busy: Option<String>,
+    pub on_busy: Option<OnBusy>,
     /// Idempotency key: a retry with the same key (and the same params)
     /// returns the first result or joins the running job.
     #[serde(default)]
@@ -237,30 +234,6 @@ fn check_create(p: CreateParams) -> Result<CreateParams, RpcError> {
     }
     for disk in &p.disks {
         check_name("disk", disk)?;
-    }
-    if let Some(q) = p.quiesce.as_deref() {
-        if !QUIESCE_VALUES.contains(&q) {
-            return Err(RpcError::new(
-                ErrorKind::InvalidParams,
-                format!("quiesce {q:?} is not one of required, preferred, off"),
-            ));
-        }
-    }
-    if let Some(f) = p.flatten.as_deref() {
-        if !FLATTEN_VALUES.contains(&f) {
-            return Err(RpcError::new(
-                ErrorKind::InvalidParams,
-                format!("flatten {f:?} is not one of sync, background, cluster, none"),
-            ));
-        }
-    }
-    if let Some(b) = p.on_busy.as_deref() {
-        if !ON_BUSY_VALUES.contains(&b) {
-            return Err(RpcError::new(
-                ErrorKind::InvalidParams,
-                format!("on_busy {b:?} is not one of reject, wait"),
-            ));
-        }
     }
     Ok(p)
 }

@@ -1,19 +1,12 @@
 //! JSON Schema for the params the derive cannot describe alone: names as
-//! the daemon accepts them, and the string choices it validates. The
-//! validation in `params.rs` and these schemas share their constants.
+//! the daemon accepts them, ids, errors and phases. The choices
+//! describe themselves (`choices.rs`).
 
 use schemars::{json_schema, Schema, SchemaGenerator};
 use serde_json::json;
 
 use super::params::MAX_NAME_LEN;
 use super::ErrorKind;
-
-/// The values `quiesce` accepts.
-pub const QUIESCE_VALUES: &[&str] = &["required", "preferred", "off"];
-/// The values `flatten` accepts.
-pub const FLATTEN_VALUES: &[&str] = &["sync", "background", "cluster", "none"];
-/// The values `on_busy` accepts.
-pub const ON_BUSY_VALUES: &[&str] = &["reject", "wait"];
 
 /// A domain, image, pool or disk name. JSON Schema counts characters and
 /// the daemon bytes, so the byte limit is in the description only.
@@ -42,25 +35,6 @@ pub fn optional_name(_: &mut SchemaGenerator) -> Schema {
 /// A list of names.
 pub fn names(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "array", "items": name_schema()})
-}
-
-fn choice(values: &[&str]) -> Schema {
-    json_schema!({"anyOf": [{"type": "string", "enum": values}, {"type": "null"}]})
-}
-
-/// `quiesce`.
-pub fn quiesce(_: &mut SchemaGenerator) -> Schema {
-    choice(QUIESCE_VALUES)
-}
-
-/// `flatten`.
-pub fn flatten(_: &mut SchemaGenerator) -> Schema {
-    choice(FLATTEN_VALUES)
-}
-
-/// `on_busy`.
-pub fn on_busy(_: &mut SchemaGenerator) -> Schema {
-    choice(ON_BUSY_VALUES)
 }
 
 /// `request_id`: 1-128 characters without control characters.

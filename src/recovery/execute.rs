@@ -11,7 +11,7 @@ use crate::journal::Outcome;
 use crate::owners::{Late, CEPH};
 use crate::protocol::{ErrorKind, RpcError};
 use crate::rbd::{ImageSpec, ImageStore, RbdErrorKind};
-use crate::snapshot::{saga, FlattenMode};
+use crate::snapshot::{saga, Flatten};
 
 /// What recovering a job did, or why it must wait.
 #[derive(Debug)]
@@ -28,7 +28,7 @@ pub enum Recovered {
         /// What recovery did.
         actions: Vec<String>,
         /// The flatten mode.
-        mode: FlattenMode,
+        mode: Flatten,
         /// The images to flatten.
         dests: Vec<ImageSpec>,
     },

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::Trail;
 use crate::protocol::{ErrorKind, RpcError};
 use crate::rbd::{ImageSpec, Location};
-use crate::snapshot::{FlattenMode, Step, FINAL_SNAPSHOT};
+use crate::snapshot::{Flatten, Step, FINAL_SNAPSHOT};
 
 /// One thing recovery does in Ceph.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +131,7 @@ pub struct RecoveredResult {
     /// Always true: this result was rebuilt by recovery.
     pub recovered: bool,
     /// The flatten mode requested.
-    pub flatten: FlattenMode,
+    pub flatten: Flatten,
     /// Whether every image is independent of its source already.
     pub flattened: bool,
     /// Why a `background` flatten killed half-way was not resumed.
@@ -176,10 +176,10 @@ fn keep(trail: &Trail, fsid: &str, dests: &[ImageSpec], notes: &mut Vec<String>)
         disks,
         recovered: true,
         flatten: mode,
-        flattened: mode == FlattenMode::Sync,
+        flattened: mode == Flatten::Sync,
         flatten_error: None,
     };
-    if mode == FlattenMode::Background && trail.steps.last() != Some(&Step::Paused) {
+    if mode == Flatten::Background && trail.steps.last() != Some(&Step::Paused) {
         // killed inside librbd's flatten: its object map may mark objects
         // as copied that never were, and a resumed flatten would skip them
         // and detach the parent. Left a clone, the image is whole.

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::journal::Record;
 use crate::rbd::ImageSpec;
-use crate::snapshot::{FlattenMode, GuardInfo, Step, Window};
+use crate::snapshot::{Flatten, GuardInfo, Step, Window};
 
 /// One unfinished job, as the journal tells it.
 #[derive(Debug, Clone, Serialize)]
@@ -68,7 +68,7 @@ impl Trail {
     }
 
     /// The flatten mode the request asked for.
-    pub fn flatten_mode(&self) -> FlattenMode {
+    pub fn flatten_mode(&self) -> Flatten {
         self.params
             .get("flatten")
             .cloned()

@@ -14,7 +14,7 @@ use super::preflight::Plan;
 use super::saga::{Saga, Undo};
 use super::workflow::Job;
 use super::Step;
-use super::{Consistency, QuiescePolicy, Settings, SnapshotError, SnapshotErrorKind as Kind};
+use super::{Consistency, Quiesce, Settings, SnapshotError, SnapshotErrorKind as Kind};
 use crate::libvirt::Hypervisor;
 
 /// What the freeze window produced.
@@ -51,7 +51,7 @@ pub(super) async fn capture(
     hv: &Arc<dyn Hypervisor>,
     plan: &Plan,
     settings: &Settings,
-    policy: QuiescePolicy,
+    policy: Quiesce,
     snap: &str,
     saga: &mut Saga,
     job: &Job<'_>,
@@ -79,7 +79,7 @@ pub(super) async fn capture(
                 let thawed = thaw_noted(hv, uuid, settings, job, uncertain)
                     .await
                     .map(drop);
-                if policy == QuiescePolicy::Required {
+                if policy == Quiesce::Required {
                     return Err(with_thaw_outcome(err, thawed));
                 }
                 thawed?;

@@ -268,7 +268,10 @@ async fn image_size(
     settings: &Settings,
 ) -> Result<u64, SnapshotError> {
     let (s, d) = (Arc::clone(store), dest.clone());
-    super::blocking::store("size", settings.call_deadline, move || s.open(&d)?.size()).await
+    super::blocking::store("size", settings.call_deadline, move || {
+        s.open_read_only(&d)?.size()
+    })
+    .await
 }
 
 /// Whether `dest` still depends on a parent.
@@ -279,7 +282,7 @@ pub async fn has_parent(
 ) -> Result<bool, SnapshotError> {
     let (s, d) = (Arc::clone(store), dest.clone());
     super::blocking::store("parent", settings.call_deadline, move || {
-        Ok(s.open(&d)?.parent()?.is_some())
+        Ok(s.open_read_only(&d)?.parent()?.is_some())
     })
     .await
 }
@@ -294,7 +297,7 @@ pub async fn has_parent(
 pub async fn after_answer(
     store: &Arc<dyn ImageStore>,
     settings: &Settings,
-    mode: super::FlattenMode,
+    mode: super::Flatten,
     dests: &[ImageSpec],
     tasks: &[String],
     resumed: bool,
@@ -304,14 +307,14 @@ pub async fn after_answer(
         if !has_parent(store, dest, settings).await? {
             continue;
         }
-        if resumed && mode == super::FlattenMode::Background {
+        if resumed && mode == super::Flatten::Background {
             let (s, d) = (Arc::clone(store), dest.clone());
             super::blocking::store("rebuild object map", settings.flatten_deadline, move || {
                 s.open(&d)?.rebuild_object_map()
             })
             .await?;
         }
-        if mode == super::FlattenMode::Cluster {
+        if mode == super::Flatten::Cluster {
             let task = match tasks.get(i) {
                 Some(task) => task.clone(),
                 None => queue_task(store, dest, settings).await?,

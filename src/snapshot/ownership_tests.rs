@@ -151,7 +151,7 @@ async fn every_image_records_how_consistent_it_is() {
     // no freeze asked: crash-consistent, with the reason the answer gave
     let fake = Fake::standard();
     let req = super::SnapshotRequest {
-        quiesce: super::QuiescePolicy::Off,
+        quiesce: super::Quiesce::Off,
         ..request()
     };
     let result = go(&fake, &req, &settings()).await.expect("snapshot");

@@ -10,7 +10,7 @@ use super::fakes::{Fake, Fault, UUID};
 use super::tests::{assert_untouched, go, go_with, guards_for, request, settings};
 use super::*;
 
-fn both(quiesce: QuiescePolicy) -> SnapshotRequest {
+fn both(quiesce: Quiesce) -> SnapshotRequest {
     SnapshotRequest {
         disks: vec!["vda".into(), "vdb".into()],
         quiesce,
@@ -27,7 +27,7 @@ fn at(log: &[String], entry: &str) -> usize {
 #[tokio::test]
 async fn several_disks_without_a_freeze_are_taken_with_the_vcpus_paused() {
     let fake = Fake::standard();
-    let result = go(&fake, &both(QuiescePolicy::Off), &settings())
+    let result = go(&fake, &both(Quiesce::Off), &settings())
         .await
         .expect("snapshot");
     let log = fake.log();
@@ -52,7 +52,7 @@ async fn several_disks_without_a_freeze_are_taken_with_the_vcpus_paused() {
 async fn a_disk_no_frozen_filesystem_covers_is_paused_for_too() {
     // the fake's agent freezes / on vda only: vdb is a raw disk
     let fake = Fake::standard();
-    let result = go(&fake, &both(QuiescePolicy::Required), &settings())
+    let result = go(&fake, &both(Quiesce::Required), &settings())
         .await
         .expect("snapshot");
     let log = fake.log();
@@ -67,7 +67,7 @@ async fn a_disk_no_frozen_filesystem_covers_is_paused_for_too() {
 async fn one_disk_or_pause_never_does_not_pause() {
     let fake = Fake::standard();
     let single = SnapshotRequest {
-        quiesce: QuiescePolicy::Off,
+        quiesce: Quiesce::Off,
         ..request()
     };
     let result = go(&fake, &single, &settings()).await.expect("one disk");
@@ -79,7 +79,7 @@ async fn one_disk_or_pause_never_does_not_pause() {
         pause_vcpus: false,
         ..settings()
     };
-    let result = go(&fake, &both(QuiescePolicy::Off), &never)
+    let result = go(&fake, &both(Quiesce::Off), &never)
         .await
         .expect("no pause");
     assert!(!result.one_instant, "reported one instant without a pause");
@@ -90,7 +90,7 @@ async fn one_disk_or_pause_never_does_not_pause() {
 async fn a_refused_pause_fails_the_job_before_any_snapshot() {
     let fake = Fake::standard();
     fake.inject("suspend", Fault::Fail, 1);
-    let err = go(&fake, &both(QuiescePolicy::Off), &settings())
+    let err = go(&fake, &both(Quiesce::Off), &settings())
         .await
         .expect_err("pause refused");
     assert!(err.message.contains("could not pause"), "{err}");
@@ -103,7 +103,7 @@ async fn a_refused_pause_fails_the_job_before_any_snapshot() {
 async fn a_failing_snapshot_while_paused_is_undone_and_the_guest_resumed() {
     let fake = Fake::standard();
     fake.inject("snap_create", Fault::Fail, 1);
-    go(&fake, &both(QuiescePolicy::Required), &settings())
+    go(&fake, &both(Quiesce::Required), &settings())
         .await
         .expect_err("snapshot failed");
     assert!(!fake.paused());
@@ -120,7 +120,7 @@ async fn a_resume_not_confirmed_in_time_leaves_a_guard_that_resumes_then_thaws()
         guards: Arc::clone(&guards),
         ..Default::default()
     };
-    let err = go_with(&fake, &both(QuiescePolicy::Required), &settings(), hooks)
+    let err = go_with(&fake, &both(Quiesce::Required), &settings(), hooks)
         .await
         .expect_err("resume not confirmed");
     assert_eq!(err.kind, SnapshotErrorKind::ThawFailed, "{err}");

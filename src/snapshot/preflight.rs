@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::blocking;
 use super::{
-    FlattenMode, QuiescePolicy, Settings, SnapshotError, SnapshotErrorKind as Kind, SnapshotRequest,
+    Flatten, Quiesce, Settings, SnapshotError, SnapshotErrorKind as Kind, SnapshotRequest,
 };
 use crate::libvirt::{
     AgentChannel, Disk, DiskSource, DomainInfo, DomainState, FsInfo, Hypervisor, LibvirtErrorKind,
@@ -153,7 +153,7 @@ async fn refuse_if_migrating(
 async fn check_flatten_mode(
     store: &Arc<dyn ImageStore>,
     settings: &Settings,
-    mode: FlattenMode,
+    mode: Flatten,
     format: CloneFormat,
     dest_pools: Vec<String>,
 ) -> Result<(), SnapshotError> {
@@ -166,7 +166,7 @@ async fn check_flatten_mode(
             format!("flatten {mode:?} needs clone v2, and this cluster (or the config's clone_format) allows only v1: set `ceph osd set-require-min-compat-client mimic`, or use flatten sync").to_lowercase(),
         ));
     }
-    if mode == FlattenMode::Cluster {
+    if mode == Flatten::Cluster {
         let store = Arc::clone(store);
         blocking::store("mgr check", settings.call_deadline, move || {
             dest_pools
@@ -407,7 +407,7 @@ fn permitted(allowed: &Option<Vec<String>>, pool: &str) -> bool {
 }
 
 /// What to freeze (or why not) and the agent timeout to give back.
-type Quiesce = (Result<Vec<FsInfo>, String>, Option<i32>);
+type QuiesceLook = (Result<Vec<FsInfo>, String>, Option<i32>);
 
 /// Decide whether to freeze: `Ok(filesystems)` to freeze, `Err(reason)` for
 /// a crash-consistent snapshot. With `required`, a reason is an error (and
@@ -415,10 +415,10 @@ type Quiesce = (Result<Vec<FsInfo>, String>, Option<i32>);
 async fn quiesce_plan(
     hv: &Arc<dyn Hypervisor>,
     settings: &Settings,
-    policy: QuiescePolicy,
+    policy: Quiesce,
     domain: &DomainInfo,
-) -> Result<Quiesce, SnapshotError> {
-    if policy == QuiescePolicy::Off {
+) -> Result<QuiesceLook, SnapshotError> {
+    if policy == Quiesce::Off {
         return Ok((Err("quiesce off".to_string()), None));
     }
     let (probed, restore) = match domain.agent {
@@ -432,7 +432,7 @@ async fn quiesce_plan(
         }
     };
     match (probed, policy) {
-        (Err(reason), QuiescePolicy::Required) => {
+        (Err(reason), Quiesce::Required) => {
             if let Some(seconds) = restore {
                 restore_agent_timeout(hv, settings, &domain.uuid, seconds).await;
             }

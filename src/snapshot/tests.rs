@@ -31,8 +31,8 @@ pub(super) fn request() -> SnapshotRequest {
         image: "new".into(),
         pool: None,
         disks: vec![],
-        quiesce: QuiescePolicy::Required,
-        flatten: FlattenMode::Sync,
+        quiesce: Quiesce::Required,
+        flatten: Flatten::Sync,
     }
 }
 
@@ -221,7 +221,7 @@ async fn freeze_failure_with_preferred_falls_back_to_crash_and_says_why() {
     let fake = Fake::standard();
     fake.inject("freeze", Fault::AgentGone, 1);
     let req = SnapshotRequest {
-        quiesce: QuiescePolicy::Preferred,
+        quiesce: Quiesce::Preferred,
         ..request()
     };
     let result = go(&fake, &req, &settings()).await.expect("preferred");
@@ -438,7 +438,7 @@ async fn agent_missing_refuses_required_and_degrades_preferred() {
         .all(|l| l != "freeze" && !l.starts_with("snap_create")));
     assert_untouched(&fake, "agent");
     let req = SnapshotRequest {
-        quiesce: QuiescePolicy::Preferred,
+        quiesce: Quiesce::Preferred,
         ..request()
     };
     let result = go(&fake, &req, &settings()).await.expect("preferred");
@@ -448,7 +448,7 @@ async fn agent_missing_refuses_required_and_degrades_preferred() {
         Some("the guest agent is not connected")
     );
     let off = SnapshotRequest {
-        quiesce: QuiescePolicy::Off,
+        quiesce: Quiesce::Off,
         image: "new2".into(),
         ..request()
     };
@@ -627,7 +627,7 @@ async fn stopped_domains_snapshot_limits_and_missing_pools_are_refused() {
 async fn flatten_none_keeps_the_parent_and_says_so() {
     let fake = Fake::standard();
     let req = SnapshotRequest {
-        flatten: FlattenMode::None,
+        flatten: Flatten::None,
         pool: Some("vms".into()),
         ..request()
     };

@@ -3,53 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::rbd::CloneFormat;
 
-/// Whether to freeze the guest's filesystems around the snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QuiescePolicy {
-    /// Fail (before any snapshot is taken) when the guest cannot be frozen.
-    Required,
-    /// Freeze when possible; otherwise take a crash-consistent snapshot and
-    /// say why.
-    #[default]
-    Preferred,
-    /// Never freeze: crash-consistent.
-    Off,
-}
-
-/// What to do about the clone's dependency on the source snapshot.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum FlattenMode {
-    /// Copy the parent's data into the new image before answering (Nova).
-    #[default]
-    Sync,
-    /// Answer once the new image and its `snap` exist, then flatten in this
-    /// daemon (resumed after a restart). Needs clone v2 (the temporary
-    /// snapshot goes at once, to the trash until the flatten ends) and the
-    /// deep-flatten feature (so `snap` is detached too).
-    Background,
-    /// Like `Background`, but the flatten is a Ceph manager task: it goes on
-    /// whatever happens to this host.
-    Cluster,
-    /// Leave the new image a clone of the source: fast, but the source image
-    /// keeps a (trashed, for clone v2) snapshot while the new image lives.
-    None,
-}
-
-impl FlattenMode {
-    /// Whether the flatten runs after the answer (the location is usable
-    /// before the image is independent of its source).
-    pub fn after_answer(self) -> bool {
-        matches!(self, FlattenMode::Background | FlattenMode::Cluster)
-    }
-}
+pub use crate::protocol::{Flatten, Quiesce};
 
 /// One snapshot request, already validated at the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,9 +22,9 @@ pub struct SnapshotRequest {
     /// Target devs to snapshot; empty means the boot disk.
     pub disks: Vec<String>,
     /// Freeze policy.
-    pub quiesce: QuiescePolicy,
+    pub quiesce: Quiesce,
     /// Flatten mode.
-    pub flatten: FlattenMode,
+    pub flatten: Flatten,
 }
 
 /// Daemon-wide settings the workflow obeys.
@@ -289,7 +247,7 @@ pub struct SnapshotResult {
     /// Clone format used.
     pub clone_format: CloneFormat,
     /// How the images are (being) flattened.
-    pub flatten: FlattenMode,
+    pub flatten: Flatten,
     /// Whether every image is independent of its source already.
     pub flattened: bool,
     /// Whether every disk was captured at one instant: a single disk, all

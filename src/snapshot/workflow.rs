@@ -11,7 +11,7 @@ use super::flatten;
 use super::preflight::{self, Plan, PlannedDisk};
 use super::saga::{Saga, Undo};
 use super::{
-    ownership, DiskResult, FlattenMode, JobHooks, Phase, Progress, Settings, SnapshotError,
+    ownership, DiskResult, Flatten, JobHooks, Phase, Progress, Settings, SnapshotError,
     SnapshotErrorKind as Kind, SnapshotRequest, SnapshotResult, Step, Timings, FINAL_SNAPSHOT,
     TEMP_SNAPSHOT_PREFIX,
 };
@@ -208,7 +208,7 @@ impl Job<'_> {
         }
         let clone_ms = ms(clone_started);
         let flatten_started = Instant::now();
-        if self.req.flatten == FlattenMode::Sync {
+        if self.req.flatten == Flatten::Sync {
             for (disk, image) in plan.disks.iter().zip(&opened) {
                 let image = Some(Arc::clone(image));
                 flatten::local(&self.store, &disk.dest, image, self.settings, &self.hooks)
@@ -227,7 +227,7 @@ impl Job<'_> {
         let finish_started = Instant::now();
         self.report(Phase::Finish, 0, plan.disks.len() as u64);
         let keeps_parent =
-            self.req.flatten == FlattenMode::None && plan.clone_format == CloneFormat::V1;
+            self.req.flatten == Flatten::None && plan.clone_format == CloneFormat::V1;
         for (disk, image) in plan.disks.iter().zip(&opened) {
             self.finish_disk(disk, image, &temp, keeps_parent).await?;
             self.record(&Step::Finished {
@@ -236,7 +236,7 @@ impl Job<'_> {
             .await?;
         }
         let mut tasks = Vec::new();
-        if self.req.flatten == FlattenMode::Cluster {
+        if self.req.flatten == Flatten::Cluster {
             for disk in &plan.disks {
                 tasks.push(flatten::queue_task(&self.store, &disk.dest, self.settings).await?);
             }
@@ -376,7 +376,7 @@ impl Job<'_> {
         timings: Timings,
         tasks: Vec<String>,
     ) -> SnapshotResult {
-        let flattened = self.req.flatten == FlattenMode::Sync;
+        let flattened = self.req.flatten == Flatten::Sync;
         let disks = plan
             .disks
             .iter()

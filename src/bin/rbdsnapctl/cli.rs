@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use rbdsnapd::protocol::{Flatten, Quiesce};
 
 /// `--help`'s description of the exit status and error output.
 pub const EXIT_STATUS: &str = "\
@@ -133,22 +134,6 @@ pub enum GuardAction {
         /// The domain's UUID, as `status` lists it under guests at risk
         domain_uuid: String,
     },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Quiesce {
-    Required,
-    Preferred,
-    Off,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Flatten {
-    Sync,
-    Background,
-    Cluster,
-    #[value(name = "none")]
-    Never,
 }
 
 pub fn parse_secs(s: &str) -> Result<Duration, String> {

@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use rbdsnapd::client::Client;
+use rbdsnapd::protocol::OnBusy;
 use serde_json::{json, Map, Value};
 
-use cli::{Args, Command, Flatten, GuardAction, Quiesce};
+use cli::{Args, Command, GuardAction};
 use progress::ProgressLine;
 use report::{exit_code, print_out, report, Failure};
 
@@ -151,27 +152,16 @@ fn request(command: &Command) -> (&'static str, Value) {
                 p.insert("disks".into(), json!(disks));
             }
             if let Some(q) = quiesce {
-                let q = match q {
-                    Quiesce::Required => "required",
-                    Quiesce::Preferred => "preferred",
-                    Quiesce::Off => "off",
-                };
                 p.insert("quiesce".into(), json!(q));
             }
             if let Some(f) = flatten {
-                let f = match f {
-                    Flatten::Sync => "sync",
-                    Flatten::Background => "background",
-                    Flatten::Cluster => "cluster",
-                    Flatten::Never => "none",
-                };
                 p.insert("flatten".into(), json!(f));
             }
             if let Some(id) = request_id {
                 p.insert("request_id".into(), json!(id));
             }
             if *wait_if_busy {
-                p.insert("on_busy".into(), json!("wait"));
+                p.insert("on_busy".into(), json!(OnBusy::Wait));
             }
             ("snapshot.create", Value::Object(p))
         }
