@@ -10,7 +10,8 @@
 //! The layers, each a module, dependencies pointing down only:
 //!
 //! - [`protocol`]: the wire contract (requests, responses, notifications,
-//!   error codes). Nothing else.
+//!   error codes) and the typed choices (quiesce, flatten, on_busy) that the
+//!   config, both command lines and the workflow share. Nothing else.
 //! - [`server`]: the Unix socket listener, line framing, peer credentials and
 //!   dispatch to the workflow.
 //! - [`snapshot`]: the direct-snapshot saga: steps with compensations, driven

@@ -1,4 +1,4 @@
-"""Command line of dev/testbed: `up`, `vm-up`, `down`, `leftovers`, `restart-libvirtd`,
+"""Command line of dev/testbed: `up`, `vm-up`, `down`, `leftovers`, `health`, `restart-libvirtd`,
 `pause`/`resume` (SIGSTOP/SIGCONT of a bed daemon, to make a hang), `migrate`
 (the guest to the migration target and back); timings, the env file."""
 import argparse
@@ -11,7 +11,7 @@ import time
 
 from . import cluster as ceph_cluster
 from . import guest as guest_mod
-from . import libvirtd, migration, procs
+from . import health, libvirtd, migration, procs
 from . import sysvm, testdriver
 from .procs import BedError
 from .state import State
@@ -49,6 +49,9 @@ def parse(argv):
     down.add_argument("--keep", action="store_true", help="keep DIR (logs)")
     left = sub.add_parser("leftovers", help="fail if a process of the bed in DIR still runs")
     left.add_argument("--dir", required=True)
+    well = sub.add_parser("health", help="report on the bed in DIR: its processes, Ceph's "
+                                         "health, memory, OOM kills, the daemons' logs")
+    well.add_argument("--dir", required=True)
     again = sub.add_parser("restart-libvirtd",
                            help="stop the bed's libvirtd and start it again (guests keep running)")
     again.add_argument("--down-secs", type=float, default=0.0,
@@ -98,6 +101,9 @@ def main(argv):
             return cmd_vm_up(args)
         if args.cmd == "leftovers":
             return cmd_leftovers(args.dir)
+        if args.cmd == "health":
+            print(health.report(args.dir), file=sys.stderr)
+            return 0
         if args.cmd == "migrate":
             return cmd_migrate(args)
         if args.cmd in ("pause", "resume"):
