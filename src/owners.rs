@@ -33,6 +33,33 @@ pub enum Late<T> {
     Saturated(String),
 }
 
+impl<T> Late<T> {
+    /// What every layer reports of a late call to `what`: the one wording,
+    /// and the one split between a backend that did not answer and a bug.
+    pub fn error(&self, what: &str, deadline: Duration) -> LateError {
+        match self {
+            Late::TimedOut(_) => LateError::Unanswered(format!(
+                "{what} did not answer within {} ms",
+                deadline.as_millis()
+            )),
+            Late::Saturated(msg) => LateError::Unanswered(format!("{what}: {msg}")),
+            Late::Panicked(msg) => LateError::Panicked(format!("{what} panicked: {msg}")),
+        }
+    }
+}
+
+/// A late call, as [`Late::error`] describes it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LateError {
+    /// No answer within the deadline, or not started: every permit is held
+    /// by calls stuck in the backend. The backend is unavailable.
+    #[error("{0}")]
+    Unanswered(String),
+    /// The call panicked: a bug, never expected from a C binding.
+    #[error("{0}")]
+    Panicked(String),
+}
+
 /// The owner of one backend's blocking calls.
 #[derive(Debug)]
 pub struct Owner {
@@ -225,11 +252,10 @@ pub async fn journal_write<F>(call: F) -> Result<(), String>
 where
     F: FnOnce() -> Result<(), String> + Send + 'static,
 {
-    match JOURNAL.call(Duration::from_secs(3600), call).await {
+    let deadline = Duration::from_secs(3600);
+    match JOURNAL.call(deadline, call).await {
         Ok(outcome) => outcome,
-        Err(Late::Saturated(msg)) => Err(msg),
-        Err(Late::TimedOut(_)) => Err("the journal write hangs".into()),
-        Err(Late::Panicked(msg)) => Err(format!("journal write panicked: {msg}")),
+        Err(late) => Err(late.error("the journal write", deadline).to_string()),
     }
 }
 

@@ -182,7 +182,10 @@ async fn lookup(
     {
         Ok(Ok(info)) => Ok((info.uuid, info.name)),
         Ok(Err(e)) => Err(wire::libvirt_error(&e)),
-        Err(late) => Err(wire::late_libvirt(&late)),
+        Err(late) => Err(wire::late(
+            late.error("the domain lookup", deadline),
+            ErrorKind::LibvirtUnavailable,
+        )),
     }
 }
 

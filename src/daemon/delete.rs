@@ -93,29 +93,10 @@ pub(super) async fn snapshot_delete(
             })
         }
         Ok(Err(refused)) => Err(refused.into_rpc()),
-        Err(late) => Err(late_delete(&late, &pool, &image, deadline)),
-    }
-}
-
-fn late_delete<T>(
-    late: &crate::owners::Late<T>,
-    pool: &str,
-    image: &str,
-    deadline: std::time::Duration,
-) -> RpcError {
-    use crate::owners::Late;
-    match late {
-        Late::Panicked(msg) => {
-            RpcError::new(ErrorKind::Internal, format!("delete task failed: {msg}"))
-        }
-        Late::Saturated(msg) => RpcError::new(ErrorKind::CephUnavailable, msg.clone()),
-        Late::TimedOut(_) => RpcError::new(
+        Err(late) => Err(wire::late(
+            late.error(&format!("delete of {pool}/{image}"), deadline),
             ErrorKind::CephUnavailable,
-            format!(
-                "delete of {pool}/{image} did not finish within {} s",
-                deadline.as_secs()
-            ),
-        ),
+        )),
     }
 }
 

@@ -52,7 +52,12 @@ pub(super) async fn domain_disks(
     {
         Ok(Ok(info)) => info,
         Ok(Err(e)) => return Err(wire::libvirt_error(&e)),
-        Err(late) => return Err(wire::late_libvirt(&late)),
+        Err(late) => {
+            return Err(wire::late(
+                late.error("the domain lookup", deadline),
+                ErrorKind::LibvirtUnavailable,
+            ))
+        }
     };
     scope.domain(&info.name).map_err(super::denied)?;
     let boot_disk = boot_disk(&info).map(|d| d.target.clone());

@@ -83,18 +83,11 @@ pub fn guard_data(guard: &crate::snapshot::GuardInfo) -> crate::protocol::GuardD
     }
 }
 
-/// A libvirt call that did not return in time, or was not started.
-pub fn late_libvirt<T>(late: &crate::owners::Late<T>) -> RpcError {
+/// A call that did not return in time, was not started or panicked: the
+/// backend is `unavailable`, or the daemon has a bug.
+pub fn late(late: crate::owners::LateError, unavailable: ErrorKind) -> RpcError {
     match late {
-        crate::owners::Late::Panicked(msg) => {
-            RpcError::new(ErrorKind::Internal, format!("libvirt call panicked: {msg}"))
-        }
-        crate::owners::Late::Saturated(msg) => {
-            RpcError::new(ErrorKind::LibvirtUnavailable, msg.clone())
-        }
-        crate::owners::Late::TimedOut(_) => RpcError::new(
-            ErrorKind::LibvirtUnavailable,
-            "libvirt did not answer in time",
-        ),
+        crate::owners::LateError::Unanswered(msg) => RpcError::new(unavailable, msg),
+        crate::owners::LateError::Panicked(msg) => RpcError::new(ErrorKind::Internal, msg),
     }
 }

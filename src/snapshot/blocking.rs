@@ -93,17 +93,7 @@ fn flatten_late<T>(
     what: &str,
     deadline: Duration,
     outcome: Result<T, Late<T>>,
-    timeout_kind: SnapshotErrorKind,
+    unavailable: SnapshotErrorKind,
 ) -> Result<T, SnapshotError> {
-    outcome.map_err(|late| match late {
-        Late::TimedOut(_) => SnapshotError::new(
-            timeout_kind,
-            format!("{what} did not answer within {} ms", deadline.as_millis()),
-        ),
-        Late::Saturated(msg) => SnapshotError::new(timeout_kind, format!("{what}: {msg}")),
-        Late::Panicked(msg) => SnapshotError::new(
-            SnapshotErrorKind::Libvirt,
-            format!("{what} panicked: {msg}"),
-        ),
-    })
+    outcome.map_err(|late| SnapshotError::late(late.error(what, deadline), unavailable))
 }

@@ -99,6 +99,22 @@ impl SnapshotError {
         SnapshotError::new(kind, err.to_string())
     }
 
+    /// A call to a backend that did not answer in time (the backend is
+    /// `unavailable`) or panicked (a failure of that backend's call).
+    pub fn late(err: crate::owners::LateError, unavailable: SnapshotErrorKind) -> Self {
+        use SnapshotErrorKind as K;
+        match err {
+            crate::owners::LateError::Unanswered(msg) => SnapshotError::new(unavailable, msg),
+            crate::owners::LateError::Panicked(msg) => {
+                let failed = match unavailable {
+                    K::LibvirtUnavailable => K::Libvirt,
+                    _ => K::Ceph,
+                };
+                SnapshotError::new(failed, msg)
+            }
+        }
+    }
+
     /// An image-store failure, mapped to the kind a caller can act on.
     pub fn rbd(err: &RbdError) -> Self {
         use SnapshotErrorKind as K;
