@@ -156,7 +156,7 @@ fn every_method_against_the_test_driver_and_the_cluster() {
     let info = ceph.info(&spec);
     assert!(info.get("parent").is_none(), "not flattened: {info}");
     assert_eq!(info["size"].as_u64(), Some(TESTDRV_SIZE), "{info}");
-    assert_eq!(daemon::temp_snapshots(ceph, source), Vec::<String>::new());
+    assert_eq!(ceph.temp_snapshots(source), Vec::<String>::new());
 
     // nothing more for the create after its answer
     let before = c.notifications.len();
@@ -387,10 +387,7 @@ fn real_guest_quiesced_snapshot_through_the_daemon() {
         ceph.snapshots(&format!("images/{image}")),
         vec![("snap".to_string(), true)]
     );
-    assert_eq!(
-        daemon::temp_snapshots(ceph, &guest.image),
-        Vec::<String>::new()
-    );
+    assert_eq!(ceph.temp_snapshots(&guest.image), Vec::<String>::new());
     let status = c.call("daemon.status", json!({})).result().clone();
     assert_eq!(status["freeze_window_ms"]["count"], 1, "{status}");
     assert_eq!(

@@ -369,7 +369,7 @@ fn sigterm_during_a_flatten_cancels_rolls_back_and_exits_zero() {
         !ceph.exists(&format!("images/{image}")),
         "the partial clone survived"
     );
-    assert_eq!(daemon::temp_snapshots(ceph, source), Vec::<String>::new());
+    assert_eq!(ceph.temp_snapshots(source), Vec::<String>::new());
     let log = d.log();
     assert!(
         log.contains("cancelling running jobs"),

@@ -334,7 +334,7 @@ fn a_disk_of_another_cluster_is_refused_and_its_own_cluster_takes_it() {
         "an image was made of our twin"
     );
     assert!(
-        daemon::temp_snapshots(ceph, twin).is_empty(),
+        ceph.temp_snapshots(twin).is_empty(),
         "our twin was snapshotted"
     );
     drop(d);

@@ -96,10 +96,7 @@ fn callers_are_held_to_their_rules_and_root_is_not() {
         "{why}"
     );
     assert!(!ceph.exists(&format!("images/{image}")));
-    assert_eq!(
-        daemon::temp_snapshots(ceph, OTHER_SOURCE),
-        Vec::<String>::new()
-    );
+    assert_eq!(ceph.temp_snapshots(OTHER_SOURCE), Vec::<String>::new());
 
     // an allowed domain into a pool the rule does not list: refused in
     // pre-flight, nothing frozen or made
@@ -113,10 +110,7 @@ fn callers_are_held_to_their_rules_and_root_is_not() {
     refused.assert_error(-32002, "permission_denied", "pool outside the rule");
     assert!(message(&refused).contains("pool vms"), "{refused:?}");
     assert!(!ceph.exists(&format!("vms/{image}")));
-    assert_eq!(
-        daemon::temp_snapshots(ceph, ALLOWED_SOURCE),
-        Vec::<String>::new()
-    );
+    assert_eq!(ceph.temp_snapshots(ALLOWED_SOURCE), Vec::<String>::new());
 
     // within its rule: made
     let made = call_as(

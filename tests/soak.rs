@@ -142,7 +142,7 @@ fn deletes_racing_background_flattens_keep_the_daemon_alive_and_leave_nothing() 
     assert_eq!(status["jobs_in_flight"], 0, "{status}");
     assert_eq!(status["guests_at_risk"], json!([]), "{status}");
     assert!(
-        daemon::temp_snapshots(ceph, SOURCE).is_empty(),
+        ceph.temp_snapshots(SOURCE).is_empty(),
         "temporary snapshots left"
     );
     let listed = String::from_utf8_lossy(&ceph.rbd(&["ls", "images"], None)).to_string();

@@ -425,13 +425,13 @@ impl Ceph {
             .expect("info JSON")
     }
 
-    /// The rbdsnapd temporary snapshots on an image (there must be none
-    /// once a job is over).
+    /// The daemon's temporary snapshots (`rbdsnapd-tmp-…`) on an image
+    /// (there must be none once a job is over).
     pub fn temp_snapshots(&self, image: &str) -> Vec<String> {
         self.snapshots(image)
             .into_iter()
             .map(|s| s.0)
-            .filter(|s| s.starts_with("rbdsnapd-"))
+            .filter(|s| s.starts_with("rbdsnapd-tmp-"))
             .collect()
     }
 
