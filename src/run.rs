@@ -46,16 +46,34 @@ pub async fn run(
     config: Config,
     activated: Option<std::os::unix::net::UnixListener>,
 ) -> Result<(), RunError> {
-    let gate = Arc::new(Gate::new(&config)?);
-    // first: the lock keeps a second daemon from binding or recovering
-    let (journal, records) = Journal::open(&config.state_dir)?;
-    journal.keep_ended(config.jobs_kept);
     let mut term = signal(SignalKind::terminate())
         .map_err(|e| RunError::Io(format!("SIGTERM handler: {e}")))?;
     let mut int = signal(SignalKind::interrupt())
         .map_err(|e| RunError::Io(format!("SIGINT handler: {e}")))?;
+    let signalled = async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    };
+    let backends = crate::daemon::Backends::new(&config);
+    run_with(config, activated, backends, signalled).await
+}
+
+/// The daemon's life over the given `backends` (the real adapters, or a
+/// test's fakes), until `shutdown` resolves (to what asked for it).
+pub async fn run_with(
+    config: Config,
+    activated: Option<std::os::unix::net::UnixListener>,
+    backends: crate::daemon::Backends,
+    shutdown: impl std::future::Future<Output = &'static str>,
+) -> Result<(), RunError> {
+    let gate = Arc::new(Gate::new(&config)?);
+    // first: the lock keeps a second daemon from binding or recovering
+    let (journal, records) = Journal::open(&config.state_dir)?;
+    journal.keep_ended(config.jobs_kept);
     let listening = listener::listen(&config, activated)?;
-    let daemon = Daemon::new(config, journal);
+    let daemon = Daemon::with_backends(config, journal, backends);
     let (stop, stopped) = watch::channel(false);
     let ceph = {
         let backends = Arc::clone(&daemon.backends);
@@ -103,10 +121,8 @@ pub async fn run(
     tracing::info!(socket = %where_, version = env!("CARGO_PKG_VERSION"), "serving");
     systemd::ready(&status_line(&daemon));
     let serving = tokio::spawn(server::serve(listening.listener, shared, stopped));
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    let why = shutdown.await;
+    tracing::info!("{why}: shutting down");
     systemd::stopping();
     daemon.begin_shutdown();
     let _ = stop.send(true);

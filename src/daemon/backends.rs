@@ -39,6 +39,8 @@ pub struct Backends {
     libvirt_connecting: Arc<AtomicBool>,
     /// Set while a Ceph connect runs.
     ceph_connecting: Arc<AtomicBool>,
+    /// Handed over connected (a test's fakes): never replaced.
+    given: bool,
 }
 
 /// A backend as `daemon.status` reports it.
@@ -69,6 +71,28 @@ impl Backends {
             }),
             libvirt_connecting: Arc::default(),
             ceph_connecting: Arc::default(),
+            given: false,
+        }
+    }
+
+    /// Backends handed over already connected (an in-process daemon over
+    /// the workflow's fakes): never reconnected or replaced.
+    pub fn given(
+        config: &crate::config::Config,
+        hypervisor: Arc<dyn Hypervisor>,
+        store: Arc<dyn ImageStore>,
+    ) -> Self {
+        Backends {
+            libvirt: RwLock::new(Slot {
+                handle: Some(hypervisor),
+                error: None,
+            }),
+            ceph: RwLock::new(Slot {
+                handle: Some(store),
+                error: None,
+            }),
+            given: true,
+            ..Backends::new(config)
         }
     }
 
@@ -222,6 +246,9 @@ impl Backends {
     /// watches — under our own address, which librbd will not break; with a
     /// new address, recovery can fence the old one like any dead client.
     pub async fn reincarnate_ceph(self: &Arc<Self>) -> Result<(), String> {
+        if self.given {
+            return Err("the image store was handed over: it cannot be replaced".into());
+        }
         let busy = Arc::clone(&self.ceph_connecting);
         match attempt(Duration::from_secs(30), busy, self.ceph_connector()).await {
             Some(Ok(store)) => {

@@ -72,10 +72,16 @@ impl Daemon {
     /// A daemon for `config` (validated) with its opened journal, backends
     /// not yet connected.
     pub fn new(config: Config, journal: Journal) -> Arc<Daemon> {
+        let backends = Backends::new(&config);
+        Daemon::with_backends(config, journal, backends)
+    }
+
+    /// A daemon over the given backends (connected or not).
+    pub fn with_backends(config: Config, journal: Journal, backends: Backends) -> Arc<Daemon> {
         let jobs_kept = config.jobs_kept;
         let dependents = release::Dependents::load(&config.state_dir);
         let journal = Arc::new(journal);
-        let backends = Arc::new(Backends::new(&config));
+        let backends = Arc::new(backends);
         let settings = config.settings();
         let source = Arc::clone(&backends);
         let guards = ThawGuards::new(
