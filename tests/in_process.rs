@@ -2,7 +2,7 @@
 //! workflow, journal — run in this process on a temporary socket over the
 //! workflow's in-memory fakes (no Ceph, no libvirt): the protocol's answers,
 //! a whole snapshot as the fakes hold it, a busy domain refused or waited
-//! for, and a shutdown. Seconds, no bed; the real-bed suites keep what
+//! for, a cancel rolled back, a request_id retry, and a shutdown. Seconds, no bed; the real-bed suites keep what
 //! needs the real parts. Built with the `fakes` feature (dev/test's
 //! `test-hooks` brings it).
 
@@ -261,6 +261,74 @@ fn a_busy_domain_is_refused_or_waited_for_as_asked() {
         "a refused request made an image"
     );
     assert!(!fake.frozen());
+}
+
+#[test]
+fn a_cancel_before_the_answer_rolls_the_job_back_and_leaves_nothing() {
+    let fake = Fake::standard();
+    // a slow clone: the cancel arrives during it, the next safe point is
+    // before the flatten
+    fake.inject("clone", Fault::Slow(Duration::from_millis(1500)), 1);
+    let daemon = InProcess::start(&fake);
+    let mut c = daemon.connect();
+    let id = c.send("snapshot.create", json!({"domain": "vm", "image": "gone"}));
+    let job_id = loop {
+        let message = c.read();
+        if message["method"] == "progress" && message["params"]["phase"] == "clone" {
+            break message["params"]["job_id"].clone();
+        }
+        assert!(
+            message["id"] != json!(id),
+            "answered before its flatten: {message}"
+        );
+    };
+    let cancel = daemon
+        .connect()
+        .call("jobs.cancel", json!({ "job_id": job_id }));
+    assert_eq!(cancel["result"]["cancelling"], true, "{cancel}");
+    let (answer, _) = c.answer(id);
+    assert_eq!(kind(&answer), "cancelled", "{answer}");
+    assert!(
+        fake.image("images/gone").is_none(),
+        "the rolled-back image is left"
+    );
+    let source = fake.image("vms/vm-disk").expect("source");
+    assert!(
+        source.snapshots.is_empty() && source.trashed.is_empty(),
+        "the temporary snapshot is left: {source:?}"
+    );
+    assert!(!fake.frozen());
+    let job = daemon
+        .connect()
+        .call("jobs.get", json!({ "job_id": job_id }));
+    assert_eq!(job["result"]["state"], "failed", "{job}");
+    assert_eq!(job["result"]["error"]["data"]["kind"], "cancelled", "{job}");
+}
+
+#[test]
+fn a_retry_with_the_same_request_id_gets_the_first_result() {
+    let fake = Fake::standard();
+    let daemon = InProcess::start(&fake);
+    let mut c = daemon.connect();
+    let params = json!({"domain": "vm", "image": "once", "request_id": "r-1"});
+    let first = c.call("snapshot.create", params.clone());
+    let again = c.call("snapshot.create", params);
+    assert_eq!(
+        first["result"]["job_id"], again["result"]["job_id"],
+        "{again}"
+    );
+    let snapshots_taken = fake
+        .log()
+        .iter()
+        .filter(|call| call.contains("snap_create"))
+        .count();
+    // the job's temporary snapshot and the new image's `snap`: once
+    assert_eq!(snapshots_taken, 2, "{:?}", fake.log());
+    let changed = c.call(
+        "snapshot.create",
+        json!({"domain": "vm", "image": "other", "request_id": "r-1"}),
+    );
+    assert_eq!(kind(&changed), "invalid_params", "{changed}");
 }
 
 #[test]
