@@ -138,6 +138,7 @@ fn leftovers(
 
 /// Nothing of the job left in Ceph, waiting up to `within` for recovery.
 fn nothing_left(bed: &daemon::Bed, guest: &common::Guest, image: &str, within: Duration) {
+    common::hang::heal_laggy_pgs(&bed.ceph);
     let until = Instant::now() + within;
     loop {
         let seen = leftovers(bed, guest, image);
