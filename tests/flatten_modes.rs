@@ -182,12 +182,12 @@ fn cancel_rolls_back_a_sync_job_and_leaves_a_background_image_usable() {
     let stopped = asked.elapsed();
     let answer = conn.wait_for(&id);
     answer.assert_error(1026, "cancelled", "a cancelled sync flatten");
-    assert!(stopped < Duration::from_secs(5), "the stop took {stopped:?}");
+    assert!(
+        stopped < Duration::from_secs(5),
+        "the stop took {stopped:?}"
+    );
     let progress = conn.progress_of(&id);
-    if let Some(last) = progress
-        .iter()
-        .rfind(|n| n["params"]["phase"] == "flatten")
-    {
+    if let Some(last) = progress.iter().rfind(|n| n["params"]["phase"] == "flatten") {
         assert!(
             last["params"]["done"].as_u64() < last["params"]["total"].as_u64(),
             "the flatten ran to its end before the cancel: {last}"

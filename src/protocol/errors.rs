@@ -2,6 +2,7 @@
 //! `data.kind`, and a `message` a person can act on. The codes are part of
 //! the protocol: never renumber one.
 
+use schemars::{json_schema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
 macro_rules! error_kinds {
@@ -70,11 +71,23 @@ error_kinds! {
     CephError = 1041, "ceph_error";
 }
 
+/// `data.kind` of an error: one of the stable kinds.
+fn error_kind_schema(_: &mut SchemaGenerator) -> Schema {
+    let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+    json_schema!({"type": "string", "enum": kinds})
+}
+
+/// An error's `code`: one of the stable codes.
+fn error_code_schema(_: &mut SchemaGenerator) -> Schema {
+    let codes: Vec<i64> = ErrorKind::ALL.iter().map(|k| k.code()).collect();
+    json_schema!({"type": "integer", "enum": codes})
+}
+
 /// Machine-readable details of an error.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorData {
     /// The stable kind name, e.g. `domain_not_found`.
-    #[schemars(schema_with = "super::schema::error_kind")]
+    #[schemars(schema_with = "error_kind_schema")]
     pub kind: String,
     /// The job that failed, when one had started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,7 +118,7 @@ pub struct GuardData {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RpcError {
     /// Stable numeric code (see [`ErrorKind::code`]).
-    #[schemars(schema_with = "super::schema::error_code")]
+    #[schemars(schema_with = "error_code_schema")]
     pub code: i64,
     /// What happened and, where possible, what to do about it.
     pub message: String,

@@ -6,11 +6,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::schema;
+use super::schema::{self, MAX_NAME_LEN};
 use super::{ErrorKind, Flatten, OnBusy, Quiesce, RpcError};
-
-/// Longest domain, image, pool or disk name accepted.
-pub const MAX_NAME_LEN: usize = 250;
 
 /// `snapshot.create`.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq, schemars::JsonSchema)]

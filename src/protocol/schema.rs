@@ -1,12 +1,14 @@
 //! JSON Schema for the params the derive cannot describe alone: names as
-//! the daemon accepts them, ids, errors and phases. The choices
-//! describe themselves (`choices.rs`).
+//! the daemon accepts them, ids and phases. The choices
+//! describe themselves (`choices.rs`), and error kinds and codes beside
+//! their table (`errors.rs`). A leaf: it knows no other protocol module.
 
 use schemars::{json_schema, Schema, SchemaGenerator};
 use serde_json::json;
 
-use super::params::MAX_NAME_LEN;
-use super::ErrorKind;
+/// The longest name (in bytes) the daemon accepts for a domain, image,
+/// pool or disk; the schema and the parser share it.
+pub const MAX_NAME_LEN: usize = 250;
 
 /// A domain, image, pool or disk name. JSON Schema counts characters and
 /// the daemon bytes, so the byte limit is in the description only.
@@ -43,18 +45,6 @@ pub fn request_id(_: &mut SchemaGenerator) -> Schema {
         {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"},
         {"type": "null"}
     ]})
-}
-
-/// `data.kind` of an error: one of the stable kinds.
-pub fn error_kind(_: &mut SchemaGenerator) -> Schema {
-    let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
-    json_schema!({"type": "string", "enum": kinds})
-}
-
-/// An error's `code`: one of the stable codes.
-pub fn error_code(_: &mut SchemaGenerator) -> Schema {
-    let codes: Vec<i64> = ErrorKind::ALL.iter().map(|k| k.code()).collect();
-    json_schema!({"type": "integer", "enum": codes})
 }
 
 /// A `snapshot.delete` location.

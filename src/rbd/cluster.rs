@@ -21,7 +21,7 @@ use std::sync::Arc;
 use ceph::rados;
 
 use super::ffi;
-use super::image::c_string;
+use super::strings::{c_string, read_string};
 use super::{RbdError, RbdErrorKind};
 
 /// `CEPH_RELEASE_MIMIC`: the first release that understands clone v2. Not in
@@ -119,7 +119,7 @@ impl Cluster {
     /// overrides).
     pub(super) fn conf_get(&self, key: &str) -> Result<String, RbdError> {
         let c_key = c_string("conf get", &key, key)?;
-        super::lookup::read_string(
+        read_string(
             |buf, len| {
                 // SAFETY: `c_key` is a C string and `buf` has `*len` bytes;
                 // librados answers -ENAMETOOLONG when they are too few.

@@ -1,7 +1,6 @@
 //! [`RbdImage`]: one open librbd image handle behind the [`Image`] trait.
 //! The calls that take several librbd calls live in `lookup.rs`.
 
-use std::ffi::CString;
 use std::fmt;
 use std::os::raw::{c_char, c_int};
 use std::ptr;
@@ -10,7 +9,7 @@ use std::sync::Arc;
 use super::cluster::Pool;
 use super::ffi;
 use super::flatten;
-use super::lookup::read_string;
+use super::strings::{c_string, read_string};
 use super::{FlattenProgress, Image, ImageSpec, ParentSpec, RbdError, RbdErrorKind};
 
 /// An open image. Dropping it closes the handle, then lets go of the I/O
@@ -88,15 +87,6 @@ impl Drop for Closer {
             tracing::warn!(image = %self.spec, errno = -rc, "closing the image failed");
         }
     }
-}
-
-/// A Rust string as a C string, or an `Invalid` error naming the target.
-pub(super) fn c_string(
-    op: &'static str,
-    target: &dyn fmt::Display,
-    s: &str,
-) -> Result<CString, RbdError> {
-    CString::new(s).map_err(|_| RbdError::bad_name(op, target.to_string()))
 }
 
 impl RbdImage {

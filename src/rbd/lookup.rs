@@ -1,10 +1,9 @@
 //! The read side of an open image that needs more than one librbd call:
 //! snapshot listings (with the namespace of each snapshot), the parent (with
-//! the original name of a parent snapshot in the trash) and strings of
-//! unknown length.
+//! the original name of a parent snapshot in the trash).
 //!
 //! librbd reports buffers too small with -ERANGE, sometimes telling the size
-//! it needs, so list and string reads retry with a bigger buffer.
+//! it needs, so list reads retry with a bigger buffer.
 
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
@@ -15,10 +14,8 @@ use nix::errno::Errno;
 
 use super::ffi;
 use super::image::RbdImage;
+use super::strings::read_string;
 use super::{Image, ImageSpec, ParentSpec, RbdError, RbdErrorKind};
-
-/// Buffers never grow past this: a bigger answer means something is wrong.
-const MAX_BUFFER: usize = 1 << 20;
 
 const ERANGE: c_int = -(Errno::ERANGE as c_int);
 const ENOENT: c_int = -(Errno::ENOENT as c_int);
@@ -33,36 +30,6 @@ unsafe fn owned(p: *const c_char) -> String {
     }
     // SAFETY: non-null and NUL-terminated per the caller's contract.
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
-/// Read a string through a call that fills `buf` of `len` bytes and answers
-/// -ERANGE when it is too small (raising `len` to what it needs, or not:
-/// then the buffer doubles).
-pub(super) fn read_string(
-    mut call: impl FnMut(*mut c_char, &mut usize) -> c_int,
-    op: &'static str,
-    target: impl Fn() -> String,
-) -> Result<String, RbdError> {
-    let mut size = 256;
-    loop {
-        let mut buf = vec![0u8; size];
-        let mut len = size;
-        let rc = call(buf.as_mut_ptr().cast(), &mut len);
-        if rc == ERANGE && size < MAX_BUFFER {
-            size = len.max(size * 2).min(MAX_BUFFER);
-            continue;
-        }
-        RbdError::check(op, rc, &target)?;
-        let text = CStr::from_bytes_until_nul(&buf).map_err(|_| {
-            RbdError::new(
-                op,
-                target(),
-                RbdErrorKind::Other,
-                "librbd returned an unterminated string",
-            )
-        })?;
-        return Ok(text.to_string_lossy().into_owned());
-    }
 }
 
 /// What `rbd_get_parent` filled in, copied out before it is freed.

@@ -21,6 +21,7 @@ mod location;
 mod lookup;
 pub mod monitors;
 mod store;
+mod strings;
 mod tasks;
 
 pub use error::{RbdError, RbdErrorKind};

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::cluster::{Cluster, Pool};
 use super::ffi;
-use super::image::{c_string, RbdImage};
+use super::image::RbdImage;
+use super::strings::c_string;
 use super::{CloneFormat, Image, ImageSpec, ImageStore, MgrTask, RbdError, RbdErrorKind};
 
 /// What every clone gets: layering (it is a clone), deep-flatten (so that
